@@ -1,0 +1,326 @@
+"""One typed, validated configuration for every crashup part.
+
+Sources, lowest to highest precedence: built-in defaults < INI file (/etc/crashup/crashup.conf, or $CRASHUP_CONFIG)
+< environment (CRASHUP_<OPTION>) < explicit overrides (an OCF agent's OCF_RESKEY_* parameters, CLI flags).
+The most specific source wins: a resource's parameters describe that resource. Every value is checked where it is
+read; a bad one stops the program with one line naming the key, the value, where it came from and what is allowed.
+Secrets are never option values: options name files or clouds.yaml entries that hold them.
+"""
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import difflib
+import os
+import re
+from typing import Any, Callable, Iterable, Mapping
+
+DEFAULT_PATH = "/etc/crashup/crashup.conf"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased as the one line an operator needs."""
+
+
+# --- value kinds: each parses a string or raises ValueError("what is allowed") ------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    describe: str                            # what is allowed, in words
+    parse: Callable[[str], Any]
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def duration(minimum: float = 0, maximum: float | None = None) -> Kind:
+    allowed = f"a duration in seconds (e.g. 30, 90s, 10m, 1h), at least {minimum:g}s"
+    if maximum is not None:
+        allowed += f" and at most {maximum:g}s"
+
+    def parse(raw: str) -> float:
+        m = _DURATION.match(raw)
+        if not m:
+            raise ValueError(allowed)
+        value = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ValueError(allowed)
+        return value
+    return Kind(allowed, parse)
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Kind:
+    bounds = " ".join(b for b in (f">= {minimum}" if minimum is not None else "",
+                                  f"<= {maximum}" if maximum is not None else "") if b)
+    allowed = f"an integer {bounds}".strip()
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(allowed) from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise ValueError(allowed)
+        return value
+    return Kind(allowed, parse)
+
+
+def fraction() -> Kind:
+    allowed = "a number between 0 and 1 (e.g. 0.5)"
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(allowed) from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(allowed)
+        return value
+    return Kind(allowed, parse)
+
+
+TRUE_WORDS = ("1", "yes", "true", "on", "y")
+FALSE_WORDS = ("0", "no", "false", "off", "n")
+
+
+def parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError("a boolean (yes/no, true/false, on/off, 1/0)")
+
+
+BOOLEAN = Kind("a boolean (yes/no, true/false, on/off, 1/0)", parse_bool)
+
+
+def choice(*values: str) -> Kind:
+    allowed = "one of " + ", ".join(values)
+
+    def parse(raw: str) -> str:
+        word = raw.strip().lower()
+        if word not in values:
+            raise ValueError(allowed)
+        return word
+    return Kind(allowed, parse)
+
+
+def text(pattern: str | None = None, allowed: str = "any text") -> Kind:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if pattern and not re.fullmatch(pattern, value):
+            raise ValueError(allowed)
+        return value
+    return Kind(allowed, parse)
+
+
+def optional_path() -> Kind:
+    allowed = "an absolute path, or empty for none"
+
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value and not value.startswith("/"):
+            raise ValueError(allowed)
+        return value
+    return Kind(allowed, parse)
+
+
+def optional_url() -> Kind:
+    allowed = "an http:// or https:// URL, or empty for none"
+
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        if value and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(allowed)
+        return value
+    return Kind(allowed, parse)
+
+
+def parse_host_map(raw: str) -> dict[str, str]:
+    """pcmk_host_map syntax: 'node1:host1;node2:host2' (',' or spaces also separate entries)."""
+    mapping: dict[str, str] = {}
+    for entry in re.split(r"[;,\s]+", raw.strip()):
+        if not entry:
+            continue
+        node, sep, host = entry.partition(":")
+        if not sep or not node or not host:
+            raise ValueError("pcmk_host_map syntax: 'node1:host1;node2:host2'")
+        if node in mapping and mapping[node] != host:
+            raise ValueError(f"pcmk_host_map syntax without duplicates ({node!r} maps twice)")
+        mapping[node] = host
+    return mapping
+
+
+HOST_MAP = Kind("pcmk_host_map syntax: 'node1:host1;node2:host2'", parse_host_map)
+
+
+def words() -> Kind:
+    def parse(raw: str) -> tuple[str, ...]:
+        return tuple(w for w in re.split(r"[,\s]+", raw.strip()) if w)
+    return Kind("a comma- or space-separated list", parse)
+
+
+# --- the options ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str
+    section: str
+    kind: Kind
+    default: str
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    # what happens when a compute host fails
+    Option("mode", "recovery", choice("auto", "notify"), "auto",
+           "auto: evacuate the failed host's instances; notify: emit an event and leave recovery to the operator's "
+           "own tooling (the host stays down until released)"),
+    Option("recovery_interval_period", "recovery", duration(1), "60",
+           "how often the CrashUp sweep looks for resources stuck in a task"),
+    Option("recovery_stale_period", "recovery", duration(1), "600",
+           "how long a resource may stay in an in-progress task before the sweep treats it as stuck"),
+    Option("recovery_resync_count", "recovery", integer(0, 100), "3",
+           "how many times an unreachable host is checked again before crashup acts on what it knows"),
+    Option("recovery_resync_interval", "recovery", duration(0), "10",
+           "time between those checks"),
+    Option("storm_max_hosts", "recovery", integer(1), "2",
+           "more failed compute hosts than this within storm_window stops automatic evacuation (storm guard)"),
+    Option("storm_max_fraction", "recovery", fraction(), "0.5",
+           "the same guard as a fraction of all compute hosts"),
+    Option("storm_window", "recovery", duration(1), "300",
+           "the window the storm guard counts failures in"),
+    # how instances are evacuated
+    Option("evacuable_tag", "evacuation", text(r"[A-Za-z0-9_.:-]+", "a tag name (letters, digits, _.:-)"),
+           "evacuable", "instances whose flavor, image, server metadata or aggregate carries this tag are "
+           "evacuated; when no instance on the host is tagged, all are"),
+    Option("concurrency", "evacuation", integer(1, 64), "8",
+           "evacuations in flight at once"),
+    Option("instance_timeout", "evacuation", duration(10), "300",
+           "how long one instance may take to reach a final state on its new host"),
+    Option("keep_power_state", "evacuation", BOOLEAN, "yes",
+           "evacuated instances keep the power state they had (nova >= 2.95 would leave them stopped)"),
+    Option("reserved_hosts", "evacuation", words(), "",
+           "hosts to evacuate to, in order of preference; empty lets nova's scheduler choose"),
+    # reaching OpenStack
+    Option("cloud", "openstack", text(r"[^\s]+", "a clouds.yaml entry name"), "crashup",
+           "the clouds.yaml entry crashup uses (credentials stay in clouds.yaml/secure.yaml)"),
+    Option("region_name", "openstack", text(), "", "region, when the cloud has several"),
+    Option("interface", "openstack", choice("public", "internal", "admin"), "internal",
+           "which endpoints of the catalog to use"),
+    Option("api_timeout", "openstack", duration(1, 600), "30", "bound on one OpenStack API call"),
+    # mapping Pacemaker to nova
+    Option("host_map", "pacemaker", HOST_MAP, "",
+           "explicit Pacemaker node name -> nova host map; without an entry, names are matched by short name"),
+    # where events go
+    Option("journal", "events", optional_path(), "/var/lib/crashup/events.jsonl",
+           "JSON-lines journal of every event"),
+    Option("webhook_url", "events", optional_url(), "", "HTTP endpoint that receives each event (POST)"),
+    Option("webhook_secret_file", "events", optional_path(), "",
+           "file holding the HMAC key that signs webhook requests"),
+    Option("hook_command", "events", optional_path(), "",
+           "command run with each event as JSON on its standard input"),
+    # logging
+    Option("debug", "logging", BOOLEAN, "no", "log debug messages"),
+)
+
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(o.section for o in OPTIONS))
+
+
+class Config(Mapping[str, Any]):
+    """Validated values by option name (also as attributes), with where each value came from."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str]):
+        self._values = values
+        self.sources = sources
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _read_file(path: str, required: bool) -> dict[str, tuple[str, str]]:
+    """INI file -> {option: (raw value, source)}. Unknown sections and keys are errors: a typo must not pass."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00none")
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config: {path}: no such file") from None
+        return {}
+    except PermissionError:
+        raise ConfigError(f"config: {path}: permission denied") from None
+    except configparser.Error as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"config: {path}: not a valid INI file: {first}") from None
+    found: dict[str, tuple[str, str]] = {}
+    for section in parser.sections():
+        if section not in SECTIONS:
+            raise ConfigError(f"config: {path}: unknown section [{section}]{_suggest(section, SECTIONS)}; "
+                              f"sections are {', '.join(SECTIONS)}")
+        for key, raw in parser.items(section):
+            option = BY_NAME.get(key)
+            if option is None:
+                raise ConfigError(f"config: {path} [{section}]: unknown option {key!r}{_suggest(key, BY_NAME)}")
+            if option.section != section:
+                raise ConfigError(f"config: {path}: option {key!r} belongs in [{option.section}], not [{section}]")
+            found[key] = (raw, f"{path} [{section}]")
+    return found
+
+
+def load(path: str | None = None, overrides: Mapping[str, str] | None = None,
+         override_source: str = "parameter", env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the whole configuration. Raises ConfigError with one line on the first bad value."""
+    env = os.environ if env is None else env
+    explicit_path = path or env.get("CRASHUP_CONFIG")
+    raw: dict[str, tuple[str, str]] = {o.name: (o.default, "default") for o in OPTIONS}
+    raw.update(_read_file(explicit_path or DEFAULT_PATH, required=bool(explicit_path)))
+    for option in OPTIONS:
+        var = "CRASHUP_" + option.name.upper()
+        if var in env:
+            raw[option.name] = (env[var], f"environment {var}")
+    for name, value in (overrides or {}).items():
+        if name in BY_NAME:
+            raw[name] = (value, f"{override_source} {name}")
+    values: dict[str, Any] = {}
+    for name, (value, source) in raw.items():
+        option = BY_NAME[name]
+        try:
+            values[name] = option.kind.parse(value)
+        except ValueError as e:
+            raise ConfigError(f"config: {name} = {value!r} (from {source}) is not allowed: expected {e}") from None
+    return Config(values, {name: source for name, (_, source) in raw.items()})
+
+
+def sample() -> str:
+    """The commented sample file installed as /etc/crashup/crashup.conf.sample (generated, so it never drifts)."""
+    lines = ["# crashup configuration. Every option is shown with its default, commented out.",
+             "# Precedence: defaults < this file < environment CRASHUP_<OPTION> < resource parameters.", ""]
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        for option in (o for o in OPTIONS if o.section == section):
+            lines.append(f"# {option.help}")
+            lines.append(f"# allowed: {option.kind.describe}")
+            lines.append(f"#{option.name} = {option.default}")
+            lines.append("")
+    return "\n".join(lines)

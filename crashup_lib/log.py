@@ -1,0 +1,140 @@
+"""Logging shared by agents, fence agents, the daemon and the CLI: ocf_log-style destinations, secrets redacted.
+
+Destinations follow ocf-shellfuncs' ha_log: HA_LOGFILE (and HA_DEBUGLOG for debug) when Pacemaker sets them, else
+syslog; stderr as well when interactive, or always for fence agents (Pacemaker's fencer logs their stderr).
+Every record passes through the redactor, so a secret registered once never reaches any destination.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+
+REDACTED = "***"
+_secrets: set[str] = set()
+# key=value and "key": value pairs whose value is a secret, whatever the source (stdin echo, URLs, exceptions)
+_SECRET_PAIR = re.compile(
+    r"(?i)((?:password|passwd|secret|token|auth_?key|credential)[\w-]*[\"']?\s*[=:]\s*)"
+    r"(\"[^\"]*\"|'[^']*'|[^\s,;&}]+)")
+# user:password@ in URLs
+_URL_CREDENTIALS = re.compile(r"(//[^/\s:@]+:)([^@\s/]+)(@)")
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret value so that it is replaced wherever it appears in a log line or error message."""
+    if value and len(value) >= 3:           # shorter strings would blank out ordinary text; pairs still catch them
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    text = _SECRET_PAIR.sub(lambda m: m.group(1) + REDACTED, text)
+    return _URL_CREDENTIALS.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info:                  # render the traceback now, redacted, and drop the live objects
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+_LEVEL_NAMES = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARNING",
+                logging.ERROR: "ERROR", logging.CRITICAL: "CRIT"}
+
+
+class HaLogFormatter(logging.Formatter):
+    """The line format of ocf-shellfuncs' ha_log: 'tag:<TAB>date LEVEL: message'."""
+
+    def __init__(self, tag: str):
+        super().__init__()
+        self.tag = tag
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.strftime("%b %d %H:%M:%S", time.localtime(record.created))
+        line = f"{self.tag}:\t{when} {_LEVEL_NAMES.get(record.levelno, record.levelname)}: {record.getMessage()}"
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        return line
+
+
+class _AppendFileHandler(logging.Handler):
+    """Open, append, close per record: agents are short-lived and many write the same file concurrently."""
+
+    def __init__(self, path: str, level: int):
+        super().__init__(level)
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(self.format(record) + "\n")
+        except OSError:
+            pass                              # a full or missing log disk must never fail a cluster action
+
+
+def _syslog_handler(ident: str) -> logging.Handler | None:
+    if not os.path.exists("/dev/log"):        # no syslog daemon (containers, the lab): nothing to send to
+        return None
+    import logging.handlers
+
+    class QuietSysLogHandler(logging.handlers.SysLogHandler):
+        def handleError(self, record):        # a dead syslog must never print a traceback into an agent's output
+            pass
+    try:
+        handler = QuietSysLogHandler(address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+    except OSError:
+        return None
+    handler.setFormatter(logging.Formatter(f"{ident}[%(process)d]: %(levelname)s: %(message)s"))
+    return handler
+
+
+def setup(ident: str, *, instance: str | None = None, stderr: bool | None = None, debug: bool | None = None,
+          syslog: bool = True) -> logging.Logger:
+    """Configure the 'crashup' logger for a process and return it.
+
+    ident: the program name (agent or command); instance: OCF_RESOURCE_INSTANCE for agents;
+    stderr: None = only when interactive; debug: None = from HA_debug (as ocf_log does).
+    """
+    if debug is None:
+        debug = os.environ.get("HA_debug", "0") not in ("", "0", "false", "no", "off")
+    logger = logging.getLogger("crashup")
+    logger.handlers.clear()
+    logger.filters.clear()
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.addFilter(RedactingFilter())
+    tag = f"{ident}({instance})[{os.getpid()}]" if instance else f"{ident}[{os.getpid()}]"
+
+    logfile, debuglog = os.environ.get("HA_LOGFILE"), os.environ.get("HA_DEBUGLOG")
+    if logfile:
+        h = _AppendFileHandler(logfile, logging.INFO)
+        h.setFormatter(HaLogFormatter(tag))
+        logger.addHandler(h)
+    if debug and debuglog and debuglog != logfile:
+        h = _AppendFileHandler(debuglog, logging.DEBUG)
+        h.setFormatter(HaLogFormatter(tag))
+        logger.addHandler(h)
+    elif debug and logfile:
+        logger.handlers[0].setLevel(logging.DEBUG)
+    if not logfile and syslog:
+        h = _syslog_handler(ident)
+        if h:
+            logger.addHandler(h)
+    if stderr is None:
+        stderr = sys.stderr.isatty()
+    if stderr:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(h)
+    return logger
+
+
+def get(name: str | None = None) -> logging.Logger:
+    return logging.getLogger(f"crashup.{name}" if name else "crashup")

@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="crashup",
+    version="0.1.0",
+    description="OpenStack compute high availability and recovery for Pacemaker",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["crashup_lib", "crashup_lib.*"]),
+    # Ranges: the lower bounds are what the code needs, the upper bounds what has been tested
+    # (constraints.txt pins the exact versions the test suite runs on).
+    install_requires=[
+        "lxml>=4.9,<7",
+        "openstacksdk>=1.0,<5",
+        "pyghmi>=1.6,<1.7",           # crashup_lib.ipmi works around defects of this series
+        "python-novaclient>=18,<19",
+        "keystoneauth1>=5.1,<6",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["crashup = crashup_lib.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Topic :: System :: Clustering",
+        "Topic :: System :: Recovery Tools",
+    ],
+)
