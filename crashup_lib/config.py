@@ -15,6 +15,8 @@ import os
 import re
 from typing import Any, Callable, Iterable, Mapping
 
+from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
+
 DEFAULT_PATH = "/etc/crashup/crashup.conf"
 
 
@@ -78,10 +80,6 @@ def fraction() -> Kind:
             raise ValueError(allowed)
         return value
     return Kind(allowed, parse)
-
-
-TRUE_WORDS = ("1", "yes", "true", "on", "y")
-FALSE_WORDS = ("0", "no", "false", "off", "n")
 
 
 def parse_bool(raw: str) -> bool:

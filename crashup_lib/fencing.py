@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from crashup_lib import __version__, deadline, log
-from crashup_lib.config import FALSE_WORDS, TRUE_WORDS
+from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
 
 EC_OK, EC_FAILED, EC_STATUS_OFF = 0, 1, 2
 ACTIONS = ("on", "off", "reboot", "status", "monitor", "list", "list-status", "metadata", "validate-all")

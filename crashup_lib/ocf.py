@@ -17,15 +17,15 @@ imported only for meta-data, so monitor stays lean.
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
 import os
 import signal
 import sys
-from typing import Any, Callable
 
 from crashup_lib import __version__, deadline, log
-from crashup_lib.config import FALSE_WORDS, TRUE_WORDS
+from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
+
+# No dataclasses, typing or configparser here: every import is paid by each monitor on every node.
 
 
 class Rc(enum.IntEnum):
@@ -53,18 +53,20 @@ class OcfError(Exception):
 PARAMETER_TYPES = ("string", "integer", "boolean")
 
 
-@dataclasses.dataclass(frozen=True)
 class Parameter:
-    name: str
-    shortdesc: str
-    longdesc: str = ""
-    type: str = "string"                     # string | integer | boolean (the types both schemas accept)
-    required: bool = False
-    default: str | None = None
-    unique: bool = False
-    choices: tuple[str, ...] = ()            # listed in longdesc: the 1.0 DTD has no select type
+    def __init__(self, name: str, shortdesc: str, longdesc: str = "", *, type: str = "string",
+                 required: bool = False, default: str | None = None, unique: bool = False,
+                 choices: tuple[str, ...] = ()):
+        self.name = name
+        self.shortdesc = shortdesc
+        self.longdesc = longdesc
+        self.type = type                     # string | integer | boolean (the types both schemas accept)
+        self.required = required
+        self.default = default
+        self.unique = unique
+        self.choices = choices               # listed in longdesc: the 1.0 DTD has no select type
 
-    def parse(self, raw: str) -> Any:
+    def parse(self, raw: str):
         if self.type == "integer":
             try:
                 return int(raw.strip())
@@ -82,14 +84,15 @@ class Parameter:
         return raw
 
 
-@dataclasses.dataclass(frozen=True)
 class Action:
-    name: str
-    timeout: int                             # seconds: the default Pacemaker shows and the deadline off-cluster
-    handler: Callable[["Context"], Any] | None = None
-    interval: int | None = None
-    depth: int | None = None
-    role: str | None = None
+    def __init__(self, name: str, timeout: int, handler=None, interval: int | None = None,
+                 depth: int | None = None, role: str | None = None):
+        self.name = name
+        self.timeout = timeout               # seconds: the default Pacemaker shows and the deadline off-cluster
+        self.handler = handler
+        self.interval = interval
+        self.depth = depth
+        self.role = role
 
 
 # actions the OCF 1.0 DTD admits (ocf-tester validates against it); custom names would fail validation
@@ -98,14 +101,15 @@ DTD_ACTIONS = ("start", "stop", "recover", "monitor", "restart", "migrate_to", "
 BUILTIN_ACTIONS = ("meta-data", "validate-all", "usage", "help", "methods")
 
 
-@dataclasses.dataclass
 class Context:
     """What an action sees: typed parameters, the resource's identity and meta attributes, a logger, time left."""
-    agent: "Agent"
-    action: str
-    params: dict[str, Any]
-    log: Any
-    env: dict[str, str]
+
+    def __init__(self, agent: "Agent", action: str, params: dict, log, env: dict[str, str]):
+        self.agent = agent
+        self.action = action
+        self.params = params
+        self.log = log
+        self.env = env
 
     @property
     def instance(self) -> str:
@@ -140,7 +144,7 @@ class Agent:
         self.version = version
         self.parameters = {p.name: p for p in parameters}
         self.actions: dict[str, Action] = {}
-        self._validator: Callable[[Context], None] | None = None
+        self._validator = None
         for p in parameters:
             if p.type not in PARAMETER_TYPES:
                 raise ValueError(f"parameter {p.name}: type {p.type!r} not in {PARAMETER_TYPES}")
@@ -153,12 +157,12 @@ class Agent:
         if name not in DTD_ACTIONS or name in BUILTIN_ACTIONS:
             raise ValueError(f"action {name!r} is not an OCF action an agent may define")
 
-        def register(fn: Callable[[Context], Any]):
+        def register(fn):
             self.actions[name] = Action(name, timeout, fn, interval, depth, role)
             return fn
         return register
 
-    def validator(self, fn: Callable[[Context], None]):
+    def validator(self, fn):
         """Extra checks (binaries installed, values consistent) for validate-all and start; raise OcfError."""
         self._validator = fn
         return fn
@@ -200,8 +204,8 @@ class Agent:
         return f"usage: {self.name} {{{'|'.join(names)}}}"
 
     # --- running -----------------------------------------------------------------------------------------------
-    def _read_params(self, env: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
-        params: dict[str, Any] = {}
+    def _read_params(self, env: dict[str, str]) -> tuple[dict, list[str]]:
+        params: dict = {}
         problems: list[str] = []
         for p in self.parameters.values():
             raw = env.get("OCF_RESKEY_" + p.name)

@@ -1,0 +1,92 @@
+# crashup: build, test, install, run the lab.
+#   make demo   the main job: a local lab in which a compute host fails and comes back under Pacemaker
+#   make test   every test: fast unit tests, then the real lab (Pacemaker, nova, BMC simulators); needs root
+SHELL := /bin/bash
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+# where `make install` puts things
+DESTDIR ?=
+INSTALL_VENV ?= /opt/crashup
+OCF_DIR ?= /usr/lib/ocf/resource.d/crashup
+SBIN_DIR ?= /usr/sbin
+ETC_DIR ?= /etc/crashup
+BIN_DIR ?= /usr/local/bin
+
+# Debian packages the tests and the lab use (installed when running as root and missing)
+DEBS := pacemaker pacemaker-cli-utils pcs corosync resource-agents fence-agents crmsh libxml2-utils ipmitool \
+        iproute2 util-linux procps python3-venv
+
+.PHONY: all deps venv nova-venv test unit lab-test demo install uninstall bench lab-up lab-down lab-status clean
+
+all: venv
+
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "ok installed" \
+	  || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (run as root to install): $$missing" >&2; exit 1; fi; \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
+	    >/dev/null; fi
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt pytest
+	# compat editable mode: a plain path entry, so agents start without an import hook
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --config-settings editable_mode=compat -e .
+	touch $@
+
+nova-venv: venv
+	$(PY) -m tests.lab.nova_env
+
+unit: deps venv
+	$(PY) -m pytest -m "not lab" $(PYTEST_ARGS)
+
+lab-test: deps venv nova-venv
+	$(PY) -m pytest -m lab $(PYTEST_ARGS)
+
+test: deps venv nova-venv
+	$(PY) -m pytest -m "not lab" $(PYTEST_ARGS)
+	$(PY) -m pytest -m lab $(PYTEST_ARGS)
+
+demo: deps venv nova-venv
+	$(PY) -m tests.lab demo
+
+lab-up: deps venv nova-venv
+	$(PY) -m tests.lab up
+lab-down: venv
+	$(PY) -m tests.lab down
+lab-status: venv
+	$(PY) -m tests.lab status
+
+bench: deps venv
+	$(PY) bench/startup.py
+
+# The library goes into its own virtualenv; agents keep `#!/usr/bin/env python3` in the tree and get that venv's
+# interpreter as their shebang here, so Pacemaker (which runs them by path, with its own PATH) finds the library.
+install:
+	test -x $(INSTALL_VENV)/bin/python3 || $(PYTHON) -m venv $(INSTALL_VENV)
+	$(INSTALL_VENV)/bin/python3 -m pip install -q --disable-pip-version-check -c constraints.txt .
+	install -d $(DESTDIR)$(OCF_DIR) $(DESTDIR)$(SBIN_DIR) $(DESTDIR)$(ETC_DIR) $(DESTDIR)$(BIN_DIR)
+	for f in $(wildcard agents/*); do \
+	  sed '1s|^#!.*|#!$(INSTALL_VENV)/bin/python3|' $$f > $(DESTDIR)$(OCF_DIR)/$$(basename $$f); \
+	  chmod 755 $(DESTDIR)$(OCF_DIR)/$$(basename $$f); done
+	for f in $(wildcard fence/fence_*); do \
+	  sed '1s|^#!.*|#!$(INSTALL_VENV)/bin/python3|' $$f > $(DESTDIR)$(SBIN_DIR)/$$(basename $$f); \
+	  chmod 755 $(DESTDIR)$(SBIN_DIR)/$$(basename $$f); done
+	$(INSTALL_VENV)/bin/crashup config sample > $(DESTDIR)$(ETC_DIR)/crashup.conf.sample
+	ln -sf $(INSTALL_VENV)/bin/crashup $(DESTDIR)$(BIN_DIR)/crashup
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(OCF_DIR)/,$(notdir $(wildcard agents/*)))
+	rm -f $(addprefix $(DESTDIR)$(SBIN_DIR)/,$(notdir $(wildcard fence/fence_*)))
+	rm -f $(DESTDIR)$(ETC_DIR)/crashup.conf.sample $(DESTDIR)$(BIN_DIR)/crashup
+	-rmdir $(DESTDIR)$(OCF_DIR)
+
+clean:
+	-$(PY) -m tests.lab down
+	rm -rf $(VENV) build *.egg-info .pytest_cache
