@@ -1,8 +1,11 @@
-"""A hard deadline for one cluster action: Pacemaker kills an agent at its timeout, so we stop first, cleanly.
+"""Hard deadlines for cluster actions: Pacemaker kills an agent at its timeout, so we stop first, cleanly.
 
 SIGALRM raises in the main thread even while a library blocks in a socket wait (pyghmi has no timeout setting of
 its own; notes/ipmi.md measured a clean interrupt at exactly the deadline). DeadlineExceeded derives from
 BaseException so that libraries' broad `except Exception` blocks cannot swallow it.
+
+Deadlines nest: an action's deadline holds a login's, which holds a request's. The innermost that expires first
+raises, and it names itself, so the message says what was slow.
 """
 from __future__ import annotations
 
@@ -19,33 +22,51 @@ class DeadlineExceeded(BaseException):
         self.seconds = seconds
 
 
-_expires_at: float | None = None
+# the open deadlines, outermost first: (expires_at, what, seconds)
+_stack: list[tuple[float, str, float]] = []
 
 
 def remaining(default: float | None = None) -> float | None:
-    """Seconds left before the current deadline (never below 0), or `default` when none is set."""
-    if _expires_at is None:
+    """Seconds left before the nearest open deadline (never below 0), or `default` when none is open."""
+    if not _stack:
         return default
-    return max(0.0, _expires_at - time.monotonic())
+    return max(0.0, min(e for e, _, _ in _stack) - time.monotonic())
+
+
+def _arm() -> None:
+    """Point the timer at the nearest open deadline."""
+    if not _stack:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        return
+    nearest = min(e for e, _, _ in _stack)
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, nearest - time.monotonic()))
+
+
+def _expired(signum, frame):
+    now = time.monotonic()
+    due = [entry for entry in _stack if entry[0] <= now + 0.001]
+    if not due:                               # early wake-up (timer granularity): re-arm for the rest
+        _arm()
+        return
+    _, what, seconds = max(due, key=lambda entry: _stack.index(entry))    # the innermost due deadline
+    raise DeadlineExceeded(what, seconds)
 
 
 @contextlib.contextmanager
 def deadline(seconds: float | None, what: str):
-    """Raise DeadlineExceeded in the main thread once `seconds` have passed. No-op for None or other threads."""
-    global _expires_at
+    """Raise DeadlineExceeded in the main thread once `seconds` have passed. No-op for None/0 or other threads."""
     if not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def _expired(signum, frame):
-        raise DeadlineExceeded(what, seconds)
-
-    previous = signal.signal(signal.SIGALRM, _expired)
-    _expires_at = time.monotonic() + seconds
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outermost = not _stack
+    previous = signal.signal(signal.SIGALRM, _expired) if outermost else None
+    entry = (time.monotonic() + seconds, what, seconds)
+    _stack.append(entry)
+    _arm()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        _expires_at = None
+        _stack.remove(entry)
+        _arm()
+        if outermost:
+            signal.signal(signal.SIGALRM, previous)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import getopt
+import logging
 import os
 import re
 import shlex
@@ -429,7 +430,8 @@ class FenceAgent:
         action = "metadata" if action == "meta-data" else action
         quiet = raw.get("quiet", "0").lower() in TRUE_WORDS
         verbose = raw.get("verbose", "0").lower() in TRUE_WORDS
-        self.log = log.setup(self.name, stderr=not quiet, debug=verbose)
+        self.log = log.setup(self.name, stderr=not quiet, debug=verbose,
+                             stderr_level=logging.DEBUG if verbose else logging.WARNING)
         for w in warnings:
             self.log.warning("%s", w)
 

@@ -96,11 +96,12 @@ def _syslog_handler(ident: str) -> logging.Handler | None:
 
 
 def setup(ident: str, *, instance: str | None = None, stderr: bool | None = None, debug: bool | None = None,
-          syslog: bool = True) -> logging.Logger:
+          syslog: bool = True, stderr_level: int = logging.DEBUG) -> logging.Logger:
     """Configure the 'crashup' logger for a process and return it.
 
     ident: the program name (agent or command); instance: OCF_RESOURCE_INSTANCE for agents;
-    stderr: None = only when interactive; debug: None = from HA_debug (as ocf_log does).
+    stderr: None = only when interactive; debug: None = from HA_debug (as ocf_log does); stderr_level: fence
+    agents show only warnings there unless verbose, as fence-agents do (Pacemaker logs their stderr).
     """
     if debug is None:
         debug = os.environ.get("HA_debug", "0") not in ("", "0", "false", "no", "off")
@@ -131,6 +132,7 @@ def setup(ident: str, *, instance: str | None = None, stderr: bool | None = None
         stderr = sys.stderr.isatty()
     if stderr:
         h = logging.StreamHandler(sys.stderr)
+        h.setLevel(stderr_level)
         h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         logger.addHandler(h)
     return logger

@@ -33,3 +33,37 @@ def run(argv, *, env=None, input=None, timeout=60) -> Result:
                           text=True, timeout=timeout)
     return Result(done.returncode, done.stdout, done.stderr, time.monotonic() - start)
 
+
+
+class BmcSim:
+    """A BMC simulator process (tests/lab/bmc.py) on a free loopback UDP port, for fence-agent tests."""
+
+    def __init__(self, state_dir: pathlib.Path, password: str = "bmc-Pa55w0rd", name: str = "sim"):
+        self.dir = state_dir
+        self.password = password
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "password").write_text(password)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.lab.bmc", "--name", name, "--address", "127.0.0.1", "--port", "0",
+             "--user", "admin", "--password-file", str(self.dir / "password"), "--state-dir", str(self.dir)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline().split()        # "ready NAME ADDRESS PORT" once the socket is bound
+        if not line or line[0] != "ready":
+            self.stop()
+            raise RuntimeError(f"BMC simulator did not start: {line}")
+        self.port = int(line[3])
+
+    def fault(self, text: str = "") -> None:
+        (self.dir / "fault").write_text(text)
+
+    def power_log(self) -> list[dict]:
+        import json
+        path = self.dir / "power.log"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
