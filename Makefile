@@ -65,6 +65,7 @@ lab-status: venv
 
 bench: deps venv
 	$(PY) bench/startup.py
+	$(PY) bench/fence_ipmi.py
 
 # The library goes into its own virtualenv; agents keep `#!/usr/bin/env python3` in the tree and get that venv's
 # interpreter as their shebang here, so Pacemaker (which runs them by path, with its own PATH) finds the library.
