@@ -112,8 +112,13 @@ class Fault:
                 seconds = -1
             if 0 <= seconds < 3600:
                 return cls(kind, seconds)
-        LOG.warning("ignoring unknown fault %r in %s", " ".join(words), path)
+        if words != _warned_fault:               # the file is read for every packet: say it once
+            LOG.warning("ignoring unknown fault %r in %s", " ".join(words), path)
+            _warned_fault[:] = words
         return cls()
+
+
+_warned_fault: list[str] = []
 
 
 # ----------------------------------------------------------------------------------------------------- power --
@@ -161,11 +166,12 @@ class Power:
                 steps = []
             if steps == ["on"] and self.pending == 0:
                 self.state = "on"
+            if steps:
+                self.target = steps[-1]
+            self._log(command, before, self.target, client)
             for step in steps:
-                self.target = step
                 self.pending += 1
                 self.jobs.put(step)
-            self._log(command, before, self.target, client)
         return CC_OK
 
     def _log(self, command, before, after, client, fault=None):
@@ -191,6 +197,8 @@ class Power:
                     with self.lock:
                         self.state = "off"
                 LOG.info("power is %s", step)
+            except Exception:                    # keep the worker alive, whatever a hook did
+                LOG.exception("power-%s transition failed", step)
             finally:
                 with self.lock:
                     self.pending -= 1
@@ -347,6 +355,8 @@ class RmcpSession(serversession.ServerSession):
         self.aeskey = self.k2[:16]
         icv = hmac.new(self.sik, self.Rm + self.managedsessionid + self.bmc.uuid.bytes,
                        self.currhashlib).digest()[:self.currhashlen]
+        self.user = self.username.decode("utf-8", "replace")
+        LOG.info("login: %s from %s, cipher suite %d", self.user, _client(self.sockaddr), self.suite)
         self._send_rmcp("rakp4", bytes([tag, 0, 0, 0]) + self.clientsessionid + icv)
         # from here on, every packet both ways is signed and encrypted
         self.sessionid = _le32(self.clientsessionid)
@@ -354,9 +364,7 @@ class RmcpSession(serversession.ServerSession):
         self.confalgo = "aes"
         self.sequencenumber = 1
         self.clientpriv = min(self.maxpriv, self.rolem & 0x0F or 4)
-        self.user = self.username.decode("utf-8", "replace")
         self.ipmicallback = self.handle_client_request
-        LOG.info("login: %s from %s, cipher suite %d", self.user, _client(self.sockaddr), self.suite)
 
     def handle_client_request(self, request):
         netfn, command, data = request["netfn"], request["command"], request["data"]
@@ -368,9 +376,9 @@ class RmcpSession(serversession.ServerSession):
                 self.clientpriv = wanted
             return self.send_ipmi_response(data=[self.clientpriv])
         if (netfn, command) == (6, 0x3C):             # Close Session
-            self.send_ipmi_response()
             LOG.info("logout: %s from %s", self.user, _client(self.sockaddr))
-            return self.bmc.drop_session(self)
+            self.bmc.drop_session(self)
+            return self.send_ipmi_response()
         return self.bmc.handle_raw_request(request, self)
 
 
@@ -471,16 +479,9 @@ class SimBmc(pyghmi_bmc.Bmc):
         indexes past the end of short packets."""
         if len(msg) < 7 or msg[1] >> 2 != 6:     # application requests only
             return
-        command, reqdata = msg[5], msg[6:-1]
-        if command == 0x38 and len(reqdata) >= 2:
-            # channel 1; IPMI 2.0 extended capabilities; non-null user names; IPMI 2.0 connections supported
-            reply = [CC_OK, 1, 0x80, 0x04, 0x02, 0, 0, 0, 0]
-        elif command == 0x54 and len(reqdata) >= 3:
-            records = b"".join(bytes([0xC0, suite, algos[0], 0x40 | algos[1], 0x80 | algos[2]])
-                               for suite, (algos, _, _) in SUITES.items())
-            index = reqdata[2] & 0x3F
-            reply = [CC_OK, 1] + list(records[16 * index:16 * index + 16])
-        else:
+        command = msg[5]
+        reply = self.channel_info(command, msg[6:-1])
+        if reply is None:
             return
         rqaddr, rqseq_lun = msg[3], msg[4]
         head = bytes([rqaddr, (7 << 2) | (rqseq_lun & 3)])
@@ -492,6 +493,19 @@ class SimBmc(pyghmi_bmc.Bmc):
             packet = b"\x06\x00\xff\x07\x00" + bytes(8) + bytes([len(ipmi)]) + ipmi
         self.send(packet, sockaddr)
 
+    @staticmethod
+    def channel_info(command, reqdata):
+        """Completion code and data for the two channel queries a client may send with or without a session."""
+        if command == 0x38 and len(reqdata) >= 2:
+            # channel 1; IPMI 2.0 extended capabilities; non-null user names; IPMI 2.0 connections supported
+            return [CC_OK, 1, 0x80, 0x04, 0x02, 0, 0, 0, 0]
+        if command == 0x54 and len(reqdata) >= 3:
+            records = b"".join(bytes([0xC0, suite, algos[0], 0x40 | algos[1], 0x80 | algos[2]])
+                               for suite, (algos, _, _) in SUITES.items())
+            index = reqdata[2] & 0x3F
+            return [CC_OK, 1] + list(records[16 * index:16 * index + 16])
+        return None
+
     # -- IPMI commands inside a session
     def handle_raw_request(self, request, session):
         if self.fault.kind == "hang":
@@ -502,6 +516,10 @@ class SimBmc(pyghmi_bmc.Bmc):
             return self.send_device_id(session)
         if (netfn, command) == (6, 0x37):             # Get System GUID
             return session.send_ipmi_response(data=list(self.uuid.bytes_le))
+        if netfn == 6 and command in (0x38, 0x54):    # channel auth capabilities / cipher suites
+            reply = self.channel_info(command, data)
+            if reply is not None:
+                return session.send_ipmi_response(code=reply[0], data=reply[1:])
         if (netfn, command) == (0, 0x01):             # Get Chassis Status
             return session.send_ipmi_response(data=[1 if self.power.get() == "on" else 0, 0, 0])
         if (netfn, command) == (0, 0x02):             # Chassis Control
@@ -584,33 +602,38 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     state = args.state_dir
-    ready = state / "ready"
+    ready, pidfile = state / "ready", state / "bmc.pid"
     ready.unlink(missing_ok=True)
     logging.basicConfig(filename=state / "bmc.log", level=logging.INFO,
                         format=f"%(asctime)s {args.name}[%(process)d] %(levelname)s %(message)s")
-    (state / "bmc.pid").write_text(f"{os.getpid()}\n")
-
+    pidfile.write_text(f"{os.getpid()}\n")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    try:
+        return serve(args, stop)
+    finally:
+        ready.unlink(missing_ok=True)
+        pidfile.unlink(missing_ok=True)
 
+
+def serve(args, stop: threading.Event) -> int:
+    state = args.state_dir
     power = Power(args.name, args.initial_power, args.power_off_delay, args.on_power_off, args.on_power_on,
                   state / "power.log", state / "bmc.log")
     try:
         bmc = SimBmc({args.user: args.password}, args.address, args.port, power, state / "fault")
     except OSError as err:
+        LOG.error("cannot listen on %s:%s: %s", args.address, args.port, err)
         print(f"python -m tests.lab.bmc: error: cannot listen on {args.address}:{args.port}: {err.strerror}",
               file=sys.stderr)
-        LOG.error("cannot listen on %s:%s: %s", args.address, args.port, err)
         return 1
     line = f"ready {args.name} {args.address} {bmc.port}"
-    tmp = state / "ready.tmp"
-    tmp.write_text(line + "\n")
-    tmp.rename(ready)
+    (state / "ready.tmp").write_text(line + "\n")
+    (state / "ready.tmp").rename(state / "ready")     # atomic: a reader never sees a partial line
     LOG.info("%s, user %s, power %s", line, args.user, args.initial_power)
     print(line, flush=True)
-
-    timeout = 0.25
+    timeout = 0.25                                     # also bounds how long a SIGTERM waits to be noticed
     while not stop.is_set():
         try:
             ipmisession.Session.wait_for_rsp(timeout)
@@ -618,8 +641,6 @@ def main(argv=None) -> int:
             LOG.exception("pyghmi's event loop failed; carrying on")
         timeout = bmc.flush_outbox()
     LOG.info("stopping")
-    ready.unlink(missing_ok=True)
-    (state / "bmc.pid").unlink(missing_ok=True)
     return 0
 
 
