@@ -22,7 +22,9 @@ from keystoneauth1 import token_endpoint  # noqa: E402
 from novaclient import exceptions as nova_exc  # noqa: E402
 from openstack import exceptions as sdk_exc  # noqa: E402
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab,
+              # openstacksdk 4.x warns about its own internals on every call
+              pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK50Warning")]
 
 HOSTS = ["compute1", "compute2", "compute3"]
 MV = "2.95"              # >= 2.74 (host= at boot), >= 2.53 (forced_down); evacuated servers end SHUTOFF
@@ -53,7 +55,7 @@ def box(tmp_path_factory):
     d = tmp_path_factory.mktemp("novabox")
     b = NovaBox()
     b.start("127.0.0.1", free_port(), free_port(), HOSTS, d / "state", d / "nova.log", timeout=120,
-            report_interval=REPORT_INTERVAL, service_down_time=SERVICE_DOWN_TIME)
+            report_interval=REPORT_INTERVAL, service_down_time=SERVICE_DOWN_TIME, exit_with_parent=True)
     yield b
     t0 = time.monotonic()
     b.stop()
@@ -278,11 +280,13 @@ def test_busy_port_fails_fast_and_any_host_names(box, tmp_path):
     other = NovaBox()
     t0 = time.monotonic()
     with pytest.raises(NovaBoxError, match="cannot bind"):
-        other.start("127.0.0.1", box.state["port"], free_port(), ["x"], tmp_path / "s1", tmp_path / "l1.log")
+        other.start("127.0.0.1", box.state["port"], free_port(), ["x"], tmp_path / "s1", tmp_path / "l1.log",
+                    exit_with_parent=True)
     assert time.monotonic() - t0 < 10
     # a second box with one oddly named host and no placement port; ready, then SIGTERM exits quickly
     t0 = time.monotonic()
-    st = other.start("127.0.0.1", free_port(), 0, ["hv-a.example.org"], tmp_path / "s2", tmp_path / "l2.log")
+    st = other.start("127.0.0.1", free_port(), 0, ["hv-a.example.org"], tmp_path / "s2", tmp_path / "l2.log",
+                     exit_with_parent=True)
     assert st["computes"] == {"hv-a.example.org": True} and st["placement_url"] is None
     assert time.monotonic() - t0 < 60
     assert (tmp_path / "s2" / "state.json").exists()

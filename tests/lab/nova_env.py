@@ -158,7 +158,7 @@ def _pid_alive(pid: int) -> bool:
 def _is_novabox(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return SERVER.name.encode() in f.read()
+            return b"novabox/server.py" in f.read()
     except OSError:
         return False
 
@@ -188,10 +188,12 @@ class NovaBox:
               state_dir: os.PathLike | str = topology.RUN_DIR / "nova",
               log_file: os.PathLike | str = topology.LOG_DIR / "nova.log", *,
               timeout: float = 90.0, report_interval: int = 2, service_down_time: int = 6,
-              extra_args: Sequence[str] = ()) -> dict[str, Any]:
+              exit_with_parent: bool = False, extra_args: Sequence[str] = ()) -> dict[str, Any]:
         """Start the box and wait until it serves (the READY state file); returns the state dict.
         Raises NovaBoxError quoting the log tail when the process exits or is not ready within `timeout`.
-        placement_port=0: placement is not served over HTTP."""
+        placement_port=0: placement is not served over HTTP.  The box runs in its own session and outlives
+        this process (lab up / lab down), unless exit_with_parent (tests): then it exits once this process is
+        gone.  report_interval / service_down_time: nova's heartbeat and "down" threshold, seconds."""
         if self.proc is not None and self.proc.poll() is None:
             raise NovaBoxError(f"this NovaBox already runs (pid {self.proc.pid})")
         hosts = list(hosts) if hosts is not None else [n.nova_host for n in topology.nodes()]
@@ -213,7 +215,7 @@ class NovaBox:
                "--placement-port", str(placement_port), "--hosts", ",".join(hosts),
                "--state-dir", str(self.state_dir), "--state-file", str(state_file), "--log-file", str(self.log_file),
                "--report-interval", str(report_interval), "--service-down-time", str(service_down_time),
-               *extra_args]
+               *(["--exit-with-pid", str(os.getpid())] if exit_with_parent else []), *extra_args]
         env = dict(os.environ, OS_NOVA_DISABLE_EVENTLET_PATCHING="1", PYTHONUNBUFFERED="1")
         for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):   # crashup's venv must not leak into nova's
             env.pop(var, None)
@@ -258,8 +260,9 @@ class NovaBox:
         return box
 
     def running(self) -> bool:
-        if self.proc is not None:
-            return self.proc.poll() is None
+        if self.proc is not None and self.proc.poll() is not None:
+            return False
+        # a zombie leader counts as gone: its other threads may still be exiting (then waitpid says "running")
         return bool(self.pid) and _pid_alive(self.pid) and _is_novabox(self.pid)
 
     def stop(self, timeout: float = 10.0) -> bool:

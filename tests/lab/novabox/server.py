@@ -641,6 +641,16 @@ def _url_host(addr):
     return '[%s]' % addr if ':' in addr else addr
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _write_state(path, state):
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
@@ -685,6 +695,9 @@ def main():
                    "resource-tracker update (slow with many servers/host)")
     p.add_argument('--busy-poll', action='store_true',
                    help="keep oslo.messaging fake driver's 50ms polling")
+    p.add_argument('--exit-with-pid', type=int, default=0,
+                   help='exit (as on SIGTERM) once this process is gone '
+                   '(a test runner killed without cleanup leaks no box)')
     args = p.parse_args()
     args.hosts = [h.strip() for h in args.hosts.split(',') if h.strip()]
     if not args.hosts or len(set(args.hosts)) != len(args.hosts):
@@ -780,7 +793,9 @@ def main():
     print('NOVABOX READY %s' % json.dumps(state, default=str), flush=True)
 
     while not stop.wait(0.5):
-        pass
+        if args.exit_with_pid and not _pid_alive(args.exit_with_pid):
+            LOG.info('novabox: pid %d is gone', args.exit_with_pid)
+            break
     LOG.info('novabox: shutting down')
     print('novabox: shutting down', flush=True)
     for s in (nova_srv, place_srv):
@@ -797,6 +812,13 @@ def main():
             if json.load(f).get('pid') == os.getpid():
                 os.unlink(args.state_file)
     except (OSError, ValueError):
+        pass
+    pid_file = os.path.join(args.state_dir, 'novabox.pid')  # nova_env's
+    try:
+        with open(pid_file) as f:
+            if f.read().strip() == str(os.getpid()):
+                os.unlink(pid_file)
+    except OSError:
         pass
     print('novabox: exit', flush=True)
     sys.stdout.flush()
