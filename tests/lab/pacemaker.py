@@ -26,9 +26,9 @@ import logging
 import os
 import pathlib
 import pwd
+import shlex
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from typing import Callable, Sequence
@@ -43,7 +43,7 @@ from tests.lab.topology import Node
 
 __all__ = ["install", "up_controller", "add_node", "start_remoted", "kill_remoted", "stop_remoted", "link",
            "remoted_running", "run_in_node", "push_config", "status", "wait_for", "down", "Status", "NodeState",
-           "ResourceState", "FenceEvent", "LabError", "LabTimeout", "CACHE_DIR"]
+           "ResourceState", "FenceEvent", "LabError", "LabTimeout", "LabBusy", "CACHE_DIR"]
 
 log = logging.getLogger("crashup.lab")
 
@@ -68,6 +68,10 @@ timings: dict[str, float] = {}
 
 class LabTimeout(LabError):
     """A wait ran out; the message carries the last crm_mon summary."""
+
+
+class LabBusy(LabError):
+    """up_controller refused: daemons already run, or corosync.conf/CIB are not the lab's.  Nothing was touched."""
 
 
 class _Clock:
@@ -236,21 +240,22 @@ def _prepare_logs(node: str) -> None:
 
 def up_controller(timeout: float = 60) -> dict[str, float]:
     """Start corosync and pacemakerd as cluster node ctl1 and wait until it is DC.  Refuses (LabError) if any
-    corosync/pacemaker daemon runs or if corosync.conf or the CIB are someone else's.  Returns phase timings (s)."""
+    corosync/pacemaker daemon runs or if corosync.conf or the CIB are someone else's (LabBusy, nothing touched).
+    On any later failure the started parts stay up for inspection: call down().  Returns phase timings (s)."""
     clock = _Clock("controller")
     running = pids_named(DAEMONS)
     if running:
         names = ", ".join(f"{n} (pid {' '.join(map(str, p))})" for n, p in sorted(running.items()))
-        raise LabError(f"refusing to start: already running: {names}; a new pacemakerd would adopt stale daemons"
+        raise LabBusy(f"refusing to start: already running: {names}; a new pacemakerd would adopt stale daemons"
                        " (lab leftovers: call down())")
     if COROSYNC_CONF.exists() and not _lab_wrote_conf():
         if not _debian_default_conf():
-            raise LabError(f"refusing to start: {COROSYNC_CONF} exists and was not written by the lab")
+            raise LabBusy(f"refusing to start: {COROSYNC_CONF} exists and was not written by the lab")
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copy2(COROSYNC_CONF, COROSYNC_ORIG)       # Debian's default: down() puts it back
     foreign = [p.name for p in CIB_DIR.glob("cib*")] if not CIB_MARKER.exists() else []
     if foreign:
-        raise LabError(f"refusing to start: {CIB_DIR} holds a CIB the lab did not write: {' '.join(sorted(foreign))}")
+        raise LabBusy(f"refusing to start: {CIB_DIR} holds a CIB the lab did not write: {' '.join(sorted(foreign))}")
     remoted = remoted_path()
     if not remoted.exists():
         raise LabError(f"{remoted} missing: call install() first")
@@ -348,7 +353,6 @@ def start_remoted(node: Node, fresh_run: bool = False, timeout: float = 15) -> N
     _poll(up, timeout, f"{node.name}'s pacemaker-remoted to listen on {topology.REMOTE_PORT}")
 
 
-
 def kill_remoted(node: Node) -> bool:
     """SIGKILL the node's pacemaker-remoted (a crash: no goodbye to the cluster).  False if it was not running."""
     rec = read_record(_remoted_rec(node))
@@ -360,7 +364,9 @@ def kill_remoted(node: Node) -> bool:
 
 
 def stop_remoted(node: Node, timeout: float = 60) -> None:
-    """SIGTERM (a clean stop: remoted first asks the cluster to move its resources away), SIGKILL after timeout."""
+    """SIGTERM the node's pacemaker-remoted (SIGKILL after timeout).  remoted asks the cluster to shut it down, but
+    Pacemaker 2.1.5 still takes the lost connection as a failure and fences the node (seen here); to take a node out
+    without fencing, disable its connection resource first (push_config([["resource", "disable", NAME]]))."""
     stop_recs([read_record(_remoted_rec(node))], timeout)
 
 
@@ -388,7 +394,7 @@ def push_config(pcs_commands: Sequence[Sequence[str]], timeout: float = 120) -> 
         cp = run(["pcs", "-f", str(path), *args], check=False, timeout=timeout)
         if cp.returncode != 0:
             raise LabError(f"push_config: command {i}/{len(pcs_commands)} failed (exit {cp.returncode}): "
-                           f"pcs {' '.join(args)}\n{(cp.stderr or cp.stdout).strip()}\n(working copy kept: {path})")
+                           f"pcs {shlex.join(args)}\n{(cp.stderr or cp.stdout).strip()}\n(working copy kept: {path})")
     cp = run(["pcs", "cluster", "cib-push", str(path), "--config"], check=False, timeout=timeout)
     if cp.returncode != 0:
         raise LabError(f"push_config: pcs cluster cib-push {path} --config failed: {(cp.stderr or cp.stdout).strip()}")
@@ -419,7 +425,7 @@ class ResourceState:
     failed: bool
     managed: bool
     blocked: bool
-    pending: str | None     # "Starting", "Monitoring", ... while an operation is in flight (record-pending)
+    pending: str | None     # task of an operation in flight ("start", "stop", ...), from crm_mon's node history
     parent: str | None      # the group/clone/bundle holding it
 
 
@@ -438,9 +444,10 @@ class Status:
     """One snapshot of the cluster.
 
     ``online`` of a node: for ctl1 crm_mon's flag; for a remote node crm_mon's flag *and* its connection resource
-    started, not failed and with no operation pending, and the node not unclean.  crm_mon alone also calls a remote
-    node online while the connection's (re)start is still in flight, i.e. before remoted answered (kept as
-    ``crm_online``)."""
+    Started, not failed, with no operation in flight, the node not unclean, *and* the controller holding the
+    connection (CIB node_state in_ccm="true").  crm_mon's flag alone (kept as ``crm_online``) is also true while a
+    reconnect's start is still in flight (seen: "Started" for 10 s of a start that then timed out), i.e. before
+    remoted answered.  A silently cut node still counts as online until the connection's monitor times out (~20 s)."""
     dc: str | None
     quorate: bool
     nodes: dict[str, NodeState]
@@ -468,7 +475,7 @@ def _parse_resources(root) -> dict[str, ResourceState]:
         new = ResourceState(id=rid, agent=el.get("resource_agent", ""), role=el.get("role", ""),
                             active=_b(el, "active"), nodes=nodes, failed=_b(el, "failed"),
                             managed=el.get("managed", "true") == "true", blocked=_b(el, "blocked"),
-                            pending=el.get("pending") or None, parent=parent)
+                            pending=None, parent=parent)
         old = out.get(rid)
         if old is None:
             out[rid] = new
@@ -518,7 +525,8 @@ def _parse_time(text: str | None) -> float | None:
 
 
 def fence_history() -> list[FenceEvent]:
-    cp = run(["stonith_admin", "--history", "*", "--output-as=xml"], check=False, timeout=30)
+    # --verbose: without it stonith_admin lists only the latest successful action (one event in all)
+    cp = run(["stonith_admin", "--history", "*", "--verbose", "--output-as=xml"], check=False, timeout=30)
     try:
         root = etree.fromstring(cp.stdout.encode())
     except etree.XMLSyntaxError as exc:
@@ -528,8 +536,29 @@ def fence_history() -> list[FenceEvent]:
             for e in root.iter("fence_event")]
 
 
+def _pending_ops(root) -> dict[str, str]:
+    """resource id -> task of an operation still in flight (crm_mon lists it with rc 193)."""
+    out = {}
+    for h in root.iterfind("node_history/node/resource_history"):
+        for op in h.iterfind("operation_history"):
+            if op.get("rc") == "193":
+                out[h.get("id")] = op.get("task")
+    return out
+
+
+def _connected_remotes() -> set[str] | None:
+    """Remote nodes whose connection the controller has established (CIB node_state in_ccm="true")."""
+    cp = run(["cibadmin", "-Q", "--scope", "status"], check=False, timeout=30)
+    try:
+        root = etree.fromstring(cp.stdout.encode())
+    except etree.XMLSyntaxError:
+        return None
+    return {n.get("uname") for n in root.iterfind("node_state[@remote_node='true']") if n.get("in_ccm") == "true"}
+
+
 def status(fencing: bool = True) -> Status:
-    """crm_mon --output-as=xml (and stonith_admin --history) as a Status.  LabError if the cluster does not answer."""
+    """crm_mon --output-as=xml, the CIB's node states and stonith_admin --history as a Status.  LabError if the
+    cluster does not answer."""
     cp = run(["crm_mon", "-1", "--inactive", "--output-as=xml"], check=False, timeout=30)
     try:
         root = etree.fromstring(cp.stdout.encode())
@@ -541,6 +570,12 @@ def status(fencing: bool = True) -> Status:
     dc_el = root.find("summary/current_dc")
     dc = dc_el.get("name") if dc_el is not None and _b(dc_el, "present") else None
     resources = _parse_resources(root)
+    for rid, task in _pending_ops(root).items():
+        res = resources.get(rid.split(":")[0])            # clone instances are "id:N" in the history
+        while res is not None:
+            res.pending = res.pending or task
+            res = resources.get(res.parent) if res.parent else None
+    connected = _connected_remotes() if root.find("nodes/node[@type='remote']") is not None else set()
     nodes = {}
     for n in root.iterfind("nodes/node"):
         name, crm_online = n.get("name"), _b(n, "online")
@@ -548,7 +583,8 @@ def status(fencing: bool = True) -> Status:
         if n.get("type") == "remote":
             conn = resources.get(n.get("id_as_resource") or name)
             online = online and conn is not None and conn.active and conn.role == "Started" \
-                and not conn.failed and not conn.pending
+                and not conn.failed and conn.pending not in ("start", "stop", "migrate_to", "migrate_from") \
+                and (connected is None or name in connected)
         nodes[name] = NodeState(name=name, type=n.get("type", ""), online=online, crm_online=crm_online,
                                 unclean=_b(n, "unclean"), shutdown=_b(n, "shutdown"), standby=_b(n, "standby"),
                                 maintenance=_b(n, "maintenance"))
@@ -592,6 +628,10 @@ def down(shutdown_wait: float = SHUTDOWN_WAIT) -> dict[str, float]:
     """Stop and remove everything the lab started or wrote, by its records only, whatever state it is in (also after
     a failed up, and when nothing runs).  Keeps LOG_DIR and CACHE_DIR.  Returns phase timings (s)."""
     clock = _Clock("down")
+    for ns in netns.netns_list():         # cut links would make stopping their connections wait for timeouts
+        if netns.NETNS_RE.match(ns):
+            node = Node(int(ns[len("crlab-compute"):]))
+            netns.run(["ip", "-n", ns, "link", "set", "dev", node.veth_node, "up"], check=False)
     # 1. pacemaker: a clean shutdown stops the resources on the remote nodes and the remote connections
     pm = read_record("pacemakerd")
     kids = list(read_record("pacemaker-children") or [])
@@ -636,3 +676,17 @@ def down(shutdown_wait: float = SHUTDOWN_WAIT) -> dict[str, float]:
     shutil.rmtree(topology.RUN_DIR, ignore_errors=True)
     clock.mark("total")
     return clock.phases
+
+
+if __name__ == "__main__":                 # python -m tests.lab.pacemaker {install,down,status}
+    import sys
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cmd = sys.argv[1] if len(sys.argv) > 1 else "status"
+    if cmd == "install":
+        print(install())
+    elif cmd == "down":
+        print(down())
+    elif cmd == "status":
+        print(crm_mon_text())
+    else:
+        sys.exit("usage: python -m tests.lab.pacemaker {install,down,status}")
