@@ -530,6 +530,12 @@ def make_control(box, info, faults):
             svc = box.computes.get(host)
             if action == 'stop':
                 if not _running(svc):
+                    if svc is not None and body.get('power_off'):
+                        # a host cut off earlier (service already stopped) is now powered off: its guests die
+                        dropped = sorted(svc.manager.driver.instances)
+                        svc.manager.driver.instances.clear()
+                        return '200 OK', {'host': host, 'action': action, 'power_off': True,
+                                          'guests_lost': dropped, 'already_stopped': True}
                     return '409 Conflict', {'error': 'not running'}
                 svc.stop()
                 svc._novabox_stopped = True

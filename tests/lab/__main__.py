@@ -1,0 +1,73 @@
+"""The lab's command line: python -m tests.lab up|down|status|fail|power|bmc-fault|nova-fault|demo"""
+import argparse
+import sys
+
+from tests.lab import lab, topology
+from tests.lab.netns import LabError
+from tests.lab.nova_env import NovaBoxError, NovaEnvError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.lab", description="crashup's local lab: Pacemaker, nova, BMCs")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="bring the whole lab up")
+    up.add_argument("--nodes", type=int, default=topology.DEFAULT_NODES, choices=range(1, 7), metavar="1-6")
+    sub.add_parser("down", help="stop everything and remove what the lab made (logs stay)")
+    sub.add_parser("status", help="cluster, BMC and nova state")
+    f = sub.add_parser("fail", help="fail a compute node")
+    f.add_argument("node")
+    f.add_argument("--how", choices=lab.FAILURES, default="crash")
+    pw = sub.add_parser("power", help="power a node on or off through its BMC")
+    pw.add_argument("node")
+    pw.add_argument("state", choices=("on", "off"))
+    bf = sub.add_parser("bmc-fault", help="make a BMC slow/hung/rejecting/stuck, or healthy again")
+    bf.add_argument("node")
+    bf.add_argument("fault", nargs="*", help="slow SECONDS | hang | reject | stuck | (nothing: healthy)")
+    nf = sub.add_parser("nova-fault", help="make nova API requests fail or hang, or clear faults")
+    nf.add_argument("--match", help="regex on 'METHOD PATH'; omit to clear all faults")
+    nf.add_argument("--status", type=int, default=500)
+    nf.add_argument("--delay", type=float, default=0.0)
+    nf.add_argument("--count", type=int, default=1)
+    sub.add_parser("demo", help="the main job: a compute node fails and is fenced, live")
+    args = p.parse_args(argv)
+    try:
+        if args.command == "up":
+            print(f"lab up: ctl1 + {args.nodes} compute nodes")
+            t = lab.up(args.nodes)
+            print(f"lab up in {t.total:.1f}s; export OS_CLIENT_CONFIG_FILE={lab.CLOUDS_YAML} (cloud {lab.CLOUD})")
+        elif args.command == "down":
+            print("lab down")
+            t = lab.down()
+            print(f"lab down in {t.total:.1f}s")
+        elif args.command == "status":
+            print(lab.status_text())
+        elif args.command == "fail":
+            lab.fail(lab.node(args.node), args.how)
+            print(f"{args.node}: failed ({args.how})")
+        elif args.command == "power":
+            with lab.bmc(lab.node(args.node)) as session:
+                session.set_power(args.state)
+            print(f"{args.node}: power {args.state} requested")
+        elif args.command == "bmc-fault":
+            lab.bmc_fault(lab.node(args.node), " ".join(args.fault))
+            print(f"{args.node}: BMC fault {' '.join(args.fault) or 'cleared'}")
+        elif args.command == "nova-fault":
+            if args.match:
+                print(lab.nova().add_fault(args.match, status=args.status or None, delay=args.delay,
+                                           count=args.count))
+            else:
+                print(f"cleared {lab.nova().clear_faults()} nova faults")
+        elif args.command == "demo":
+            from tests.lab import demo
+            return demo.main()
+    except (LabError, NovaBoxError, NovaEnvError) as e:
+        print(f"lab: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lab: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

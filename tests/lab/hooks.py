@@ -1,0 +1,35 @@
+"""What a BMC's power change does to its lab node (run by the BMC simulator: `python -m tests.lab.hooks off NODE`).
+
+off: the host loses power: its pacemaker-remoted dies, its nova-compute stops and its guests are gone.
+on:  the host boots: its link comes up (a boot resets a cut NIC), a fresh /run, pacemaker-remoted starts; nova-compute starts too, as the host's init would
+     (crashup's compute-node agent takes that over once it exists).
+"""
+import sys
+
+from tests.lab import lab, pacemaker
+from tests.lab.nova_env import NovaBoxError
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("on", "off"):
+        print("usage: python -m tests.lab.hooks on|off NODE", file=sys.stderr)
+        return 2
+    action, n = argv[0], lab.node(argv[1])
+    if action == "off":
+        pacemaker.kill_remoted(n)
+        try:
+            lab.nova().stop_compute(n.nova_host, power_off=True)
+        except NovaBoxError as e:
+            print(f"hooks: nova-compute of {n.name}: {e}", file=sys.stderr)
+    else:
+        pacemaker.link(n, True)
+        pacemaker.start_remoted(n, fresh_run=True)
+        try:
+            lab.nova().start_compute(n.nova_host)
+        except NovaBoxError as e:                # already running: a power-on of a host that was never down
+            print(f"hooks: nova-compute of {n.name}: {e}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,353 @@
+"""The whole lab in one place: a Pacemaker controller and remote compute nodes, real nova, one BMC per node.
+
+The pieces live in their own modules (pacemaker.py + netns.py, novabox/ + nova_env.py, bmc.py); this joins them:
+crashup's agents installed where Pacemaker looks for them, one fence_crashup_ipmi device and fencing level per node
+against that node's BMC, BMC power hooks that really take a node down (hooks.py), a clouds.yaml for the clients,
+failure injection, and a teardown that leaves nothing behind but logs and the install caches.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from tests.lab import nova_env, pacemaker, topology
+from tests.lab.netns import LabError
+from tests.lab.topology import LAB_DIR, LOG_DIR, REPO, RUN_DIR, SECRETS_DIR, Node
+
+STATE_FILE = RUN_DIR / "lab.json"
+CLOUDS_YAML = RUN_DIR / "clouds.yaml"
+CLOUD = "crashup-lab"
+BMC_DIR = RUN_DIR / "bmc"
+NOVA_STATE = RUN_DIR / "nova"
+OCF_DIR = pathlib.Path("/usr/lib/ocf/resource.d/crashup")
+SBIN_DIR = pathlib.Path("/usr/sbin")
+MARKER = "# installed by the crashup lab; removed by `lab down`"
+
+
+class Timeline:
+    """Phase timings of a lab operation, printed as they happen."""
+
+    def __init__(self, quiet: bool = False):
+        self.start = self.last = time.monotonic()
+        self.phases: list[tuple[str, float]] = []
+        self.quiet = quiet
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases.append((phase, now - self.last))
+        self.last = now
+        if not self.quiet:
+            print(f"  [{now - self.start:6.2f}s] {phase} (+{self.phases[-1][1]:.2f}s)", flush=True)
+
+    @property
+    def total(self) -> float:
+        return self.last - self.start
+
+
+def nodes(count: int | None = None) -> list[Node]:
+    if count is None:
+        count = read_state().get("nodes", topology.DEFAULT_NODES)
+    return topology.nodes(count)
+
+
+def node(name: str) -> Node:
+    for n in nodes():
+        if n.name == name:
+            return n
+    raise LabError(f"no lab node {name!r} (nodes: {', '.join(n.name for n in nodes())})")
+
+
+def read_state() -> dict:
+    try:
+        return json.loads(STATE_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --- crashup's agents where Pacemaker looks for them ----------------------------------------------------------------
+
+def _agent_sources() -> list[tuple[pathlib.Path, pathlib.Path]]:
+    pairs = [(p, OCF_DIR / p.name) for p in sorted((REPO / "agents").glob("*")) if p.is_file()]
+    pairs += [(p, SBIN_DIR / p.name) for p in sorted((REPO / "fence").glob("fence_*")) if p.is_file()]
+    return pairs
+
+
+def _ours(path: pathlib.Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return MARKER in f.read(512)
+    except OSError:
+        return False
+
+
+def install_agents() -> list[pathlib.Path]:
+    """Copy agents and fence agents in, with this checkout's venv interpreter as shebang (Pacemaker runs them by
+    path with its own PATH). An existing file the lab did not write (an operator's install) is never replaced."""
+    python = pathlib.Path(sys.executable)
+    installed = []
+    for source, target in _agent_sources():
+        if target.exists() and not _ours(target):
+            raise LabError(f"{target} exists and was not installed by the lab; remove it or run the lab elsewhere")
+        lines = source.read_text().splitlines(keepends=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"#!{python}\n{MARKER}\n" + "".join(lines[1:]))
+        target.chmod(0o755)
+        installed.append(target)
+    return installed
+
+
+def remove_agents() -> None:
+    for _, target in _agent_sources():
+        if _ours(target):
+            target.unlink()
+    for folder in (OCF_DIR,):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+# --- BMC simulators ---------------------------------------------------------------------------------------------------
+
+def bmc_password_file() -> pathlib.Path:
+    path = SECRETS_DIR / "bmc-password"
+    if not path.exists():
+        SECRETS_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(12) + "\n")
+    return path
+
+
+def bmc_dir(n: Node) -> pathlib.Path:
+    return BMC_DIR / n.name
+
+
+def start_bmc(n: Node, timeout: float = 10) -> None:
+    state = bmc_dir(n)
+    state.mkdir(parents=True, exist_ok=True)
+    hook = f"{sys.executable} -m tests.lab.hooks"
+    argv = [sys.executable, "-m", "tests.lab.bmc", "--name", n.name, "--address", topology.BMC_ADDR,
+            "--port", str(n.bmc_port), "--user", topology.BMC_USER, "--password-file", str(bmc_password_file()),
+            "--state-dir", str(state), "--on-power-off", f"{hook} off {n.name}",
+            "--on-power-on", f"{hook} on {n.name}"]
+    log = open(LOG_DIR / f"bmc-{n.name}.stdout", "ab")
+    subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                     env=dict(os.environ, CRASHUP_LAB_DIR=str(LAB_DIR)))
+    log.close()
+    limit = time.monotonic() + timeout
+    while not (state / "ready").exists():
+        if time.monotonic() > limit:
+            raise LabError(f"BMC simulator of {n.name} not ready after {timeout:g}s (see {state / 'bmc.log'})")
+        time.sleep(0.02)
+
+
+def _bmc_pid(state: pathlib.Path) -> int | None:
+    try:
+        pid = int((state / "bmc.pid").read_text())
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"tests.lab.bmc" in cmdline else None      # guard against PID reuse
+
+
+def stop_bmcs(timeout: float = 5) -> None:
+    pids = [p for p in (_bmc_pid(d) for d in BMC_DIR.glob("*")) if p] if BMC_DIR.exists() else []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    limit = time.monotonic() + timeout
+    for pid in pids:
+        while pathlib.Path(f"/proc/{pid}").exists() and time.monotonic() < limit:
+            if pathlib.Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+                break
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            if pathlib.Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+
+
+def bmc_fault(n: Node, text: str) -> None:
+    (bmc_dir(n) / "fault").write_text(text)
+
+
+def power_log(n: Node) -> list[dict]:
+    path = bmc_dir(n) / "power.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def bmc(n: Node):
+    """A crashup_lib.ipmi session to the node's BMC (the lab's own IPMI client, same as the fence agent's)."""
+    from crashup_lib import ipmi
+    password = bmc_password_file().read_text().strip()
+    return ipmi.Bmc(topology.BMC_ADDR, topology.BMC_USER, password, port=n.bmc_port)
+
+
+# --- nova ---------------------------------------------------------------------------------------------------------------
+
+def nova() -> nova_env.NovaBox:
+    return nova_env.NovaBox.attach(NOVA_STATE)
+
+
+def write_clouds_yaml() -> pathlib.Path:
+    """openstacksdk and novaclient read this unchanged (OS_CLIENT_CONFIG_FILE, cloud crashup-lab)."""
+    url = topology.nova_url()
+    CLOUDS_YAML.write_text(
+        "clouds:\n"
+        f"  {CLOUD}:\n"
+        "    auth_type: admin_token\n"
+        "    auth:\n"
+        f"      endpoint: {url}\n"
+        f"      token: {nova_env.ADMIN_TOKEN}\n"
+        f"    compute_endpoint_override: {url}\n"
+        "    region_name: RegionOne\n")
+    return CLOUDS_YAML
+
+
+def cloud_config(microversion: str = "2.95"):
+    import openstack.config
+    return openstack.config.OpenStackConfig(config_files=[str(CLOUDS_YAML)], load_envvars=False).get_one(
+        cloud=CLOUD, compute_api_version=microversion)
+
+
+def connection(microversion: str = "2.95"):
+    import openstack.connection
+    return openstack.connection.Connection(config=cloud_config(microversion))
+
+
+# --- Pacemaker configuration ------------------------------------------------------------------------------------------
+
+def pcs_commands(lab_nodes: list[Node]) -> list[list[str]]:
+    """Remote connections, and one fence_crashup_ipmi device and fencing level per node."""
+    password_file = bmc_password_file()
+    commands = []
+    for n in lab_nodes:
+        commands.append(["resource", "create", n.name, "ocf:pacemaker:remote", f"server={n.address}",
+                         "reconnect_interval=5s", "op", "monitor", "interval=5s", "timeout=10s",
+                         "op", "start", "timeout=20s", "--force"])
+        commands.append(["stonith", "create", f"ipmi-{n.name}", "fence_crashup_ipmi", f"ip={topology.BMC_ADDR}",
+                         f"ipport={n.bmc_port}", f"username={topology.BMC_USER}", f"password_file={password_file}",
+                         f"pcmk_host_list={n.name}", "op", "monitor", "interval=60s"])
+        commands.append(["stonith", "level", "add", "1", n.name, f"ipmi-{n.name}"])
+    return commands
+
+
+def all_online(lab_nodes: list[Node]):
+    return lambda st: all(st.nodes.get(n.name) and st.nodes[n.name].online for n in lab_nodes)
+
+
+# --- up / down ----------------------------------------------------------------------------------------------------------
+
+def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
+    """Bring the whole lab up; idempotent only in the sense that a running lab is refused, never adopted."""
+    if read_state():
+        raise LabError(f"a lab is already up ({STATE_FILE}); run `python -m tests.lab down` first")
+    t = Timeline(quiet)
+    lab_nodes = topology.nodes(count)
+    pacemaker.install()
+    nova_env.ensure_nova_venv(quiet=True)
+    t.mark("packages, pacemaker-remoted, nova venv ready")
+    for d in (RUN_DIR, LOG_DIR):
+        d.mkdir(parents=True, exist_ok=True)
+    install_agents()
+    from tests.lab import netns
+    netns.ensure_bridge()
+    box = nova_env.NovaBox()
+    nova_error: list[BaseException] = []
+
+    def start_nova():
+        try:
+            box.start(hosts=[n.nova_host for n in lab_nodes], state_dir=NOVA_STATE, log_file=LOG_DIR / "nova.log")
+        except BaseException as e:                       # reported in the main thread
+            nova_error.append(e)
+    nova_thread = threading.Thread(target=start_nova, name="nova-start")
+    nova_thread.start()                                  # nova (~3 s) starts while Pacemaker elects its DC (~4 s)
+    try:
+        pacemaker.up_controller()
+        t.mark("controller ctl1 is DC")
+        for n in lab_nodes:
+            pacemaker.add_node(n)
+        t.mark(f"{count} compute nodes listening (netns, pacemaker-remoted)")
+        for n in lab_nodes:
+            start_bmc(n)
+        t.mark(f"{count} BMC simulators listening")
+    finally:
+        nova_thread.join()
+    if nova_error:
+        raise LabError(f"nova did not start: {nova_error[0]}")
+    t.mark("nova API, placement, conductor, scheduler, computes up")
+    STATE_FILE.write_text(json.dumps({"nodes": count, "nova_url": topology.nova_url(),
+                                      "clouds_yaml": str(write_clouds_yaml()), "cloud": CLOUD}))
+    pacemaker.push_config(pcs_commands(lab_nodes))
+    t.mark("Pacemaker configuration pushed")
+    pacemaker.wait_for(all_online(lab_nodes), 60, "every compute node online")
+    t.mark("every compute node online in Pacemaker")
+    return t
+
+
+def down(quiet: bool = False) -> Timeline:
+    """Stop everything and remove all the lab made, but logs and install caches. Safe after a partial up."""
+    t = Timeline(quiet)
+    stop_bmcs()
+    t.mark("BMC simulators stopped")
+    with contextlib.suppress(Exception):
+        nova().stop()
+    t.mark("nova stopped")
+    pacemaker.down()                                     # also namespaces, links, bridge, corosync.conf, CIB
+    t.mark("Pacemaker, nodes and network removed")
+    remove_agents()
+    for d in (RUN_DIR, SECRETS_DIR):
+        shutil.rmtree(d, ignore_errors=True)
+    t.mark("agents and run state removed")
+    return t
+
+
+# --- failures -----------------------------------------------------------------------------------------------------------
+
+FAILURES = ("crash", "net", "power")
+
+
+def fail(n: Node, how: str) -> None:
+    """crash: the host dies with its guests (remoted and nova-compute gone, the BMC still says ON);
+    net: the host is cut off silently (link down; nova-compute's heartbeats stop, its guests run on);
+    power: its BMC powers it off (the power hook takes it down)."""
+    if how == "crash":
+        pacemaker.kill_remoted(n)
+        nova().stop_compute(n.nova_host, power_off=True)
+    elif how == "net":
+        pacemaker.link(n, False)
+        nova().stop_compute(n.nova_host, power_off=False)
+    elif how == "power":
+        with bmc(n) as session:
+            session.set_power("off")
+    else:
+        raise LabError(f"unknown failure {how!r}: one of {', '.join(FAILURES)}")
+
+
+def status_text() -> str:
+    state = read_state()
+    if not state:
+        return "lab: down"
+    lines = [f"lab: up, {state['nodes']} compute nodes; export OS_CLIENT_CONFIG_FILE={CLOUDS_YAML} "
+             f"(cloud {CLOUD})", "", pacemaker.crm_mon_text().rstrip(), ""]
+    for n in nodes():
+        try:
+            with bmc(n) as session:
+                power = session.power_state()
+        except Exception as e:                             # the status view must not die with one BMC
+            power = f"unknown ({e})"
+        lines.append(f"BMC {n.name:<10} 127.0.0.1:{n.bmc_port}  power {power}")
+    try:
+        computes = nova().get_state().get("computes", {})
+        lines.append("nova-compute: " + ", ".join(f"{h} {'running' if up else 'stopped'}"
+                                                   for h, up in sorted(computes.items())))
+    except Exception as e:
+        lines.append(f"nova: unreachable ({e})")
+    return "\n".join(lines)
