@@ -253,23 +253,19 @@ class FenceAgent:
         return EC_OK
 
     def list(self, req: Request) -> int:
-        try:
-            plugs = self.list_plugs(req)
-        except NotImplementedError:
-            print("N/A")
-            return EC_OK
-        for plug, alias in plugs:
-            print(f"{plug},{alias}")
-        return EC_OK
+        return self._print_plugs(req, with_status=False)
 
     def list_status(self, req: Request) -> int:
+        return self._print_plugs(req, with_status=True)
+
+    def _print_plugs(self, req: Request, with_status: bool) -> int:
         try:
             plugs = self.list_plugs(req)
         except NotImplementedError:
             print("N/A")
             return EC_OK
         for plug, alias in plugs:
-            print(f"{plug},{alias},UNKNOWN")
+            print(f"{plug},{alias},UNKNOWN" if with_status else f"{plug},{alias}")
         return EC_OK
 
     def _read_state(self, req: Request) -> str:
