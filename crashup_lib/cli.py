@@ -1,43 +1,152 @@
-"""The `crashup` command. Subcommands grow with the project; each is a thin shell over the library."""
+"""The `crashup` command. Each subcommand is a thin shell over the library; errors are one line and exit 1 or 2."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 
 from crashup_lib import __version__, config
 
 
+def _load(args) -> config.Config:
+    return config.load(getattr(args, "config", None))
+
+
 def _config(args) -> int:
-    try:
-        cfg = config.load(args.file)
-    except config.ConfigError as e:
-        print(f"crashup: {e}", file=sys.stderr)
-        return 2
+    if args.what == "sample":
+        print(config.sample())
+        return 0
+    cfg = config.load(args.file)
     if args.what == "check":
         print(f"crashup: configuration OK ({args.file or config.DEFAULT_PATH})")
-    else:
-        width = max(len(name) for name in cfg)
-        for name in cfg:
-            value = cfg[name]
-            shown = " ".join(value) if isinstance(value, tuple) else value
-            print(f"{name:<{width}}  {shown!s:<30}  {cfg.sources[name]}")
+        return 0
+    width = max(len(name) for name in cfg)
+    for name in cfg:
+        value = cfg[name]
+        shown = " ".join(value) if isinstance(value, tuple) else value
+        print(f"{name:<{width}}  {shown!s:<30}  {cfg.sources[name]}")
+    return 0
+
+
+def _daemon(args) -> int:
+    from crashup_lib.recovery import daemon
+    return daemon.main(_load(args), args.state_dir)
+
+
+def _status(args) -> int:
+    from crashup_lib import pacemaker
+    requests = pacemaker.requests()
+    nodes = {n.name: n for n in pacemaker.nodes()}
+    print(f"{'node':<14}{'type':<8}{'online':<8}{'recovery':<12}{'mode':<8}{'fenced':<21}note")
+    for name in sorted(set(nodes) | set(requests)):
+        node, req = nodes.get(name), requests.get(name)
+        fenced = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(req.fenced_at)) if req else ""
+        print(f"{name:<14}{node.type if node else '?':<8}{('yes' if node and node.online else 'no'):<8}"
+              f"{req.state if req else '-':<12}{req.mode if req else '':<8}{fenced:<21}{req.note if req else ''}")
+    if args.instances:
+        from crashup_lib import nova
+        client = nova.Nova.from_config(_load(args))
+        for name, req in sorted(requests.items()):
+            if req.host:
+                print(f"\ninstances still on {req.host}:")
+                for s in client.servers_on_host(req.host):
+                    print(f"  {s.id}  {s.name:<24}{s.status:<10}{s.task_state or ''}")
+    return 0
+
+
+def _plan(args) -> int:
+    from crashup_lib import nova
+    from crashup_lib.recovery import pipeline
+    cfg = _load(args)
+    client = nova.Nova.from_config(cfg)
+    the_plan = pipeline.plan_for_host(client, args.host, cfg, target_host=args.target, skip_error=args.skip_error)
+    print(json.dumps(the_plan.to_dict(), indent=2) if args.json else the_plan.render())
+    return 0
+
+
+def _recover(args) -> int:
+    from crashup_lib import pacemaker
+    from crashup_lib.recovery import daemon
+    cfg = _load(args)
+    req = pacemaker.request(args.node)
+    if req is None:
+        raise pacemaker.PacemakerError(f"no recovery request for {args.node}: fencing records one")
+    if args.force and req.open:                  # past the storm guard or the notify hand-off, on purpose
+        req = req.moved_to("recovering", "resumed by the operator")
+        pacemaker.write_request(req)
+    step = daemon.Daemon(cfg, state_dir="/run/crashup").recovery().recover(req)
+    print(step.summary)
+    return 0 if not step.request.open or step.waiting else 1
+
+
+def _release(args) -> int:
+    from crashup_lib.recovery import pipeline
+    req = pipeline.release(args.node)
+    print(f"{args.node}: recovery {req.state}")
+    return 0
+
+
+def _events(args) -> int:
+    from crashup_lib.recovery import events
+    cfg = _load(args)
+    if not cfg.journal:
+        print("crashup: no journal configured ([events] journal)", file=sys.stderr)
+        return 2
+    stream = events.follow(cfg.journal, from_start=not args.new) if args.follow else events.read(cfg.journal)
+    try:
+        for event in stream:
+            print(json.dumps(event) if args.json else
+                  f"{event['time']}  {event['type']:<38}{event.get('subject', '')}", flush=True)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crashup", description="OpenStack compute HA and recovery for Pacemaker")
     parser.add_argument("--version", action="version", version=f"crashup {__version__}")
+    parser.add_argument("--config", help=f"configuration file (default: $CRASHUP_CONFIG or {config.DEFAULT_PATH})")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("config", help="check or show the configuration, or print a commented sample")
     p.add_argument("what", choices=("check", "show", "sample"))
-    p.add_argument("--file", help=f"configuration file (default: $CRASHUP_CONFIG or {config.DEFAULT_PATH})")
+    p.add_argument("--file", help="configuration file to read")
+    p.set_defaults(run=_config)
+    p = sub.add_parser("daemon", help="run the recovery daemon in the foreground (Pacemaker's agent does this)")
+    p.add_argument("--state-dir", default="/run/crashup")
+    p.set_defaults(run=_daemon)
+    p = sub.add_parser("status", help="compute nodes and their recovery requests")
+    p.add_argument("--instances", action="store_true", help="also list instances still on each failed host")
+    p.set_defaults(run=_status)
+    p = sub.add_parser("plan", help="dry run: what recovering HOST would do, in order")
+    p.add_argument("host", help="nova host of the failed node")
+    p.add_argument("--target", help="evacuate everything to this host")
+    p.add_argument("--skip-error", action="store_true", help="leave instances in ERROR where they are")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_plan)
+    p = sub.add_parser("recover", help="run a node's recovery now, in the foreground")
+    p.add_argument("node", help="Pacemaker node name")
+    p.add_argument("--force", action="store_true", help="go on past the storm guard or notify hand-off")
+    p.set_defaults(run=_recover)
+    p = sub.add_parser("release", help="mark a node's recovery finished (notify mode): the host may rejoin")
+    p.add_argument("node", help="Pacemaker node name")
+    p.set_defaults(run=_release)
+    p = sub.add_parser("events", help="print the event journal")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--new", action="store_true", help="with --follow: only events from now on")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_events)
     args = parser.parse_args(argv)
-    if args.command == "config":
-        if args.what == "sample":
-            print(config.sample())
-            return 0
-        return _config(args)
-    return 2
+    if args.command == "config" and args.file is None:
+        args.file = args.config
+    try:
+        return args.run(args)
+    except config.ConfigError as e:
+        print(f"crashup: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:                      # a clear line, never a traceback
+        print(f"crashup: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

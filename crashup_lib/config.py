@@ -205,6 +205,8 @@ OPTIONS: tuple[Option, ...] = (
     # reaching OpenStack
     Option("cloud", "openstack", text(r"[^\s]+", "a clouds.yaml entry name"), "crashup",
            "the clouds.yaml entry crashup uses (credentials stay in clouds.yaml/secure.yaml)"),
+    Option("clouds_file", "openstack", optional_path(), "",
+           "clouds.yaml to read (empty: openstacksdk's usual places, or $OS_CLIENT_CONFIG_FILE)"),
     Option("region_name", "openstack", text(), "", "region, when the cloud has several"),
     Option("interface", "openstack", choice("public", "internal", "admin"), "internal",
            "which endpoints of the catalog to use"),

@@ -24,6 +24,10 @@ def main(argv: list[str]) -> int:
     else:
         pacemaker.link(n, True)
         pacemaker.start_remoted(n, fresh_run=True)
+        req = lab.recovery_request(n)
+        if req is not None and req.open:
+            print(f"hooks: {n.name} recovery {req.state}: nova-compute stays down", file=sys.stderr)
+            return 0
         try:
             lab.nova().start_compute(n.nova_host)
         except NovaBoxError as e:                # already running: a power-on of a host that was never down

@@ -25,6 +25,9 @@ from tests.lab.topology import LAB_DIR, LOG_DIR, REPO, RUN_DIR, SECRETS_DIR, Nod
 
 STATE_FILE = RUN_DIR / "lab.json"
 CLOUDS_YAML = RUN_DIR / "clouds.yaml"
+CRASHUP_CONF = RUN_DIR / "crashup.conf"
+JOURNAL = RUN_DIR / "events.jsonl"
+DAEMON_DIR = RUN_DIR / "crashup"
 CLOUD = "crashup-lab"
 BMC_DIR = RUN_DIR / "bmc"
 NOVA_STATE = RUN_DIR / "nova"
@@ -174,6 +177,16 @@ def stop_bmcs(timeout: float = 5) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def _kill_orphan_daemon() -> None:
+    """Pacemaker stops the recovery daemon with its resource; one left by a killed cluster is ended here."""
+    try:
+        pid = int((DAEMON_DIR / "daemon.pid").read_text())
+        if b"crashup_lib.cli" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
 def bmc_fault(n: Node, text: str) -> None:
     (bmc_dir(n) / "fault").write_text(text)
 
@@ -217,6 +230,21 @@ def cloud_config(microversion: str = "2.95"):
         cloud=CLOUD, compute_api_version=microversion)
 
 
+def write_crashup_conf(mode: str = "auto") -> pathlib.Path:
+    """crashup's configuration for the lab: its cloud, its journal; everything else crashup's defaults."""
+    CRASHUP_CONF.write_text(
+        "[recovery]\n"
+        f"mode = {mode}\n"
+        "[openstack]\n"
+        f"cloud = {CLOUD}\n"
+        f"clouds_file = {CLOUDS_YAML}\n"
+        "interface = public\n"
+        "api_timeout = 20\n"
+        "[events]\n"
+        f"journal = {JOURNAL}\n")
+    return CRASHUP_CONF
+
+
 def connection(microversion: str = "2.95"):
     import openstack.connection
     return openstack.connection.Connection(config=cloud_config(microversion))
@@ -225,9 +253,14 @@ def connection(microversion: str = "2.95"):
 # --- Pacemaker configuration ------------------------------------------------------------------------------------------
 
 def pcs_commands(lab_nodes: list[Node]) -> list[list[str]]:
-    """Remote connections, and one fence_crashup_ipmi device and fencing level per node."""
+    """Remote connections; per node a fencing level of its fence_crashup_ipmi device then the shared
+    fence_crashup_nova device; the recovery daemon's resource on the controller."""
     password_file = bmc_password_file()
-    commands = []
+    names = " ".join(n.name for n in lab_nodes)
+    commands = [["stonith", "create", "crashup-nova", "fence_crashup_nova", f"config_file={CRASHUP_CONF}",
+                 f"pcmk_host_list={names}", "op", "monitor", "interval=60s"],
+                ["resource", "create", "crashup", "ocf:crashup:crashup", f"config={CRASHUP_CONF}",
+                 f"state_dir={DAEMON_DIR}", "op", "monitor", "interval=5s", "timeout=20s"]]
     for n in lab_nodes:
         commands.append(["resource", "create", n.name, "ocf:pacemaker:remote", f"server={n.address}",
                          "reconnect_interval=5s", "op", "monitor", "interval=5s", "timeout=10s",
@@ -235,7 +268,8 @@ def pcs_commands(lab_nodes: list[Node]) -> list[list[str]]:
         commands.append(["stonith", "create", f"ipmi-{n.name}", "fence_crashup_ipmi", f"ip={topology.BMC_ADDR}",
                          f"ipport={n.bmc_port}", f"username={topology.BMC_USER}", f"password_file={password_file}",
                          f"pcmk_host_list={n.name}", "op", "monitor", "interval=60s"])
-        commands.append(["stonith", "level", "add", "1", n.name, f"ipmi-{n.name}"])
+        commands.append(["stonith", "level", "add", "1", n.name, f"ipmi-{n.name},crashup-nova"])
+        commands.append(["constraint", "location", "crashup", "avoids", n.name])
     return commands
 
 
@@ -284,12 +318,44 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
         raise LabError(f"nova did not start: {nova_error[0]}")
     t.mark("nova API, placement, conductor, scheduler, computes up")
     STATE_FILE.write_text(json.dumps({"nodes": count, "nova_url": topology.nova_url(),
-                                      "clouds_yaml": str(write_clouds_yaml()), "cloud": CLOUD}))
+                                      "clouds_yaml": str(write_clouds_yaml()), "cloud": CLOUD,
+                                      "crashup_conf": str(write_crashup_conf())}))
     pacemaker.push_config(pcs_commands(lab_nodes))
     t.mark("Pacemaker configuration pushed")
-    pacemaker.wait_for(all_online(lab_nodes), 60, "every compute node online")
-    t.mark("every compute node online in Pacemaker")
+    pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and st.resources.get("crashup") is not None
+                       and st.resources["crashup"].active, 60, "every compute node online, recovery daemon running")
+    t.mark("every compute node online, crashup's recovery daemon running")
     return t
+
+
+def recovery_request(n: Node):
+    from crashup_lib import pacemaker as cluster
+    return cluster.request(n.name)
+
+
+def rejoin(n: Node, timeout: float = 60) -> None:
+    """What crashup's compute-node agent will do (issue 6) once a node's recovery is finished: start nova-compute,
+    wait for its heartbeat (its start cleans up evacuated guests), then clear forced-down, as nova demands."""
+    req = recovery_request(n)
+    if req is not None and req.open:
+        raise LabError(f"{n.name}: recovery still {req.state}; nova-compute must stay down")
+    box = nova()
+    if not box.get_state()["computes"].get(n.nova_host):
+        box.start_compute(n.nova_host)
+    conn = connection()
+    limit = time.monotonic() + timeout
+    while True:
+        service = next(s for s in conn.compute.services() if s.host == n.nova_host and s.binary == "nova-compute")
+        if service.is_forced_down:
+            try:
+                conn.compute.update_service_forced_down(service, forced=False)
+            except Exception:                   # nova refuses until the restarted compute has cleaned up
+                pass
+        elif service.state == "up":
+            return
+        if time.monotonic() > limit:
+            raise LabError(f"{n.name}: nova-compute not up and enabled after {timeout:g}s")
+        time.sleep(0.5)
 
 
 def down(quiet: bool = False) -> Timeline:
@@ -301,6 +367,7 @@ def down(quiet: bool = False) -> Timeline:
         nova().stop()
     t.mark("nova stopped")
     pacemaker.down()                                     # also namespaces, links, bridge, corosync.conf, CIB
+    _kill_orphan_daemon()
     t.mark("Pacemaker, nodes and network removed")
     remove_agents()
     for d in (RUN_DIR, SECRETS_DIR):

@@ -1,0 +1,191 @@
+"""The cluster as crashup sees it: recovery requests in the CIB, fencing history, compute nodes.
+
+Recovery requests are persistent node attributes (`crm_attribute --lifetime forever`): a remote node's transient
+attributes are wiped whenever its connection stops (notes/pacemaker-lab.md), persistent ones survive that, a
+controller failover and a full cluster restart. One request per node, a small JSON document in one attribute.
+
+Everything here shells out to Pacemaker's own tools with a bound on time and parses their XML with the standard
+library (this module is imported by fence agents: no lxml). Errors are PacemakerError with one line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+
+REQUEST_ATTRIBUTE = "crashup-recovery"
+#: states of a recovery request: pending (recorded at fencing), recovering (the daemon works on it),
+#: done (auto mode finished), released (an operator or consumer released it, notify mode)
+STATES = ("pending", "recovering", "done", "released")
+OPEN_STATES = ("pending", "recovering")
+MODES = ("auto", "notify")
+
+
+class PacemakerError(RuntimeError):
+    """A Pacemaker tool failed or answered something unreadable; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryRequest:
+    node: str                      # Pacemaker node name
+    state: str
+    mode: str
+    fenced_at: float               # when fencing recorded the request (epoch seconds)
+    updated_at: float
+    host: str = ""                 # the nova service host, once resolved
+    note: str = ""                 # the last thing worth telling an operator
+    filter_mode: str = ""          # the first plan's ("tagged"/"all"): a resumed plan filters the same way
+
+    @property
+    def open(self) -> bool:
+        return self.state in OPEN_STATES
+
+    def to_value(self) -> str:
+        return json.dumps({"state": self.state, "mode": self.mode, "fenced_at": round(self.fenced_at, 3),
+                           "updated_at": round(self.updated_at, 3), "host": self.host, "note": self.note,
+                           "filter_mode": self.filter_mode},
+                          separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_value(cls, node: str, value: str) -> "RecoveryRequest":
+        try:
+            data = json.loads(value)
+            request = cls(node=node, state=data["state"], mode=data["mode"], fenced_at=float(data["fenced_at"]),
+                          updated_at=float(data.get("updated_at", data["fenced_at"])), host=data.get("host", ""),
+                          note=data.get("note", ""), filter_mode=data.get("filter_mode", ""))
+        except (ValueError, KeyError, TypeError) as e:
+            raise PacemakerError(f"unreadable recovery request of {node}: {value[:80]!r} ({e})") from None
+        if request.state not in STATES or request.mode not in MODES:
+            raise PacemakerError(f"unreadable recovery request of {node}: state {request.state!r}, "
+                                 f"mode {request.mode!r}")
+        return request
+
+    def moved_to(self, state: str, note: str = "", **changes) -> "RecoveryRequest":
+        if state not in STATES:
+            raise ValueError(state)
+        return dataclasses.replace(self, state=state, note=note, updated_at=time.time(), **changes)
+
+
+def _run(argv: list[str], timeout: float = 15.0) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise PacemakerError(f"{argv[0]} not found: is Pacemaker installed?") from None
+    except subprocess.TimeoutExpired:
+        raise PacemakerError(f"Timed out: {' '.join(argv[:3])} did not answer within {timeout:g}s") from None
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise PacemakerError(f"{' '.join(argv[:3])} failed (exit {done.returncode}): "
+                             f"{detail[-1] if detail else 'no output'}")
+    return done.stdout
+
+
+def _xml(text: str, what: str) -> ET.Element:
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as e:
+        raise PacemakerError(f"{what}: unreadable XML ({e})") from None
+
+
+# --- recovery requests -----------------------------------------------------------------------------------------------
+
+def requests(timeout: float = 15.0) -> dict[str, RecoveryRequest]:
+    """Every node's recovery request, from the CIB's nodes section (persistent attributes)."""
+    root = _xml(_run(["cibadmin", "--query", "--scope", "nodes"], timeout), "cibadmin --query --scope nodes")
+    found: dict[str, RecoveryRequest] = {}
+    for node in root.iter("node"):
+        name = node.get("uname") or node.get("id")
+        for nvpair in node.iter("nvpair"):
+            if nvpair.get("name") == REQUEST_ATTRIBUTE:
+                found[name] = RecoveryRequest.from_value(name, nvpair.get("value", ""))
+    return found
+
+
+def request(node: str, timeout: float = 15.0) -> RecoveryRequest | None:
+    return requests(timeout).get(node)
+
+
+def write_request(req: RecoveryRequest, timeout: float = 15.0) -> None:
+    _run(["crm_attribute", "--type", "nodes", "--node", req.node, "--name", REQUEST_ATTRIBUTE,
+          "--update", req.to_value(), "--lifetime", "forever"], timeout)
+
+
+def record_failure(node: str, mode: str, timeout: float = 15.0) -> RecoveryRequest:
+    """What fencing records: a new pending request, unless one is already being worked on (then it stays, with
+    the new fencing time, and the daemon's idempotent pipeline carries on: never two recoveries of one failure)."""
+    now = time.time()
+    current = request(node, timeout)
+    if current is not None and current.open:
+        req = dataclasses.replace(current, fenced_at=now, updated_at=now,
+                                  note=f"fenced again while {current.state}")
+    else:
+        req = RecoveryRequest(node=node, state="pending", mode=mode, fenced_at=now, updated_at=now,
+                              note="recorded by fencing")
+    write_request(req, timeout)
+    return req
+
+
+# --- fencing history ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FenceEvent:
+    target: str
+    action: str                    # off, reboot, on
+    state: str                     # success, failed, pending
+    completed: float | None        # epoch seconds (Pacemaker keeps whole seconds)
+    delegate: str | None
+
+
+def _epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%d %H:%M:%SZ", "%Y-%m-%d %H:%M:%S%z", "%a %b %d %H:%M:%S %Y"):
+        try:
+            import datetime
+            parsed = datetime.datetime.strptime(text, fmt)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+            return parsed.timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def fence_history(node: str = "*", timeout: float = 15.0) -> list[FenceEvent]:
+    root = _xml(_run(["stonith_admin", "--history", node, "--verbose", "--output-as=xml"], timeout),
+                "stonith_admin --history")
+    events = []
+    for el in root.iter("fence_event"):
+        events.append(FenceEvent(target=el.get("target", ""), action=el.get("action", ""),
+                                 state=el.get("status", el.get("state", "")),
+                                 completed=_epoch(el.get("completed")), delegate=el.get("delegate")))
+    return events
+
+
+def fenced_since(node: str, since: float, timeout: float = 15.0) -> FenceEvent | None:
+    """The successful power-removing fencing (off or reboot) of node completed at or after `since`, if any.
+    Pacemaker records whole seconds, so `since` is compared rounded down."""
+    for event in fence_history(node, timeout):
+        if (event.target == node and event.state == "success" and event.action in ("off", "reboot")
+                and event.completed is not None and event.completed >= int(since)):
+            return event
+    return None
+
+
+# --- nodes ---------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    name: str
+    type: str                      # member | remote
+    online: bool
+    unclean: bool
+
+
+def nodes(timeout: float = 15.0) -> list[Node]:
+    root = _xml(_run(["crm_mon", "--one-shot", "--output-as=xml"], timeout), "crm_mon")
+    section = root.find("nodes")
+    return [Node(name=el.get("name", ""), type=el.get("type", ""), online=el.get("online") == "true",
+                 unclean=el.get("unclean") == "true") for el in (section if section is not None else [])]

@@ -1,0 +1,105 @@
+"""The recovery daemon: watches the CIB for open recovery requests and runs each one's pipeline in a worker.
+
+Pacemaker keeps one instance running (agents/crashup). Requests live in the CIB, not here, so a daemon that dies
+loses nothing: the next one finds every open request on its first look and resumes it. The CIB is read every
+`WATCH_INTERVAL` seconds (one cibadmin query, ~15 ms), which is how a new request is seen within a second of fencing.
+A heartbeat file, touched every round, lets the agent's monitor tell a live daemon from a stuck one cheaply.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import threading
+
+from crashup_lib import log, pacemaker
+
+LOG = log.get("daemon")
+WATCH_INTERVAL = 0.5
+RETRY_PAUSE = 2.0
+
+
+class Daemon:
+    def __init__(self, cfg, *, state_dir: str, nova_factory=None, emitter=None):
+        self.cfg = cfg
+        self.state_dir = pathlib.Path(state_dir)
+        self.heartbeat = self.state_dir / "heartbeat"
+        self.stop_event = threading.Event()
+        self.workers: dict[str, threading.Thread] = {}
+        self._nova_factory = nova_factory
+        self._emitter = emitter
+        self._recovery = None
+
+    def recovery(self):
+        """The pipeline with its clients, made once (importing the OpenStack client costs time)."""
+        if self._recovery is None:
+            from crashup_lib.recovery import events
+            from crashup_lib.recovery.pipeline import Recovery
+            if self._nova_factory is None:
+                from crashup_lib import nova
+                self._nova_factory = lambda: nova.Nova.from_config(self.cfg)
+            emitter = self._emitter or events.Emitter.from_config(self.cfg)
+            self._recovery = Recovery(self.cfg, self._nova_factory(), emitter)
+        return self._recovery
+
+    def run(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        LOG.info("recovery daemon started (mode %s, watching the CIB every %gs)", self.cfg.mode, WATCH_INTERVAL)
+        while not self.stop_event.is_set():
+            try:
+                self.tick()
+            except pacemaker.PacemakerError as e:
+                LOG.warning("reading recovery requests failed: %s", e)
+            self.heartbeat.touch()
+            self.stop_event.wait(WATCH_INTERVAL)
+        for worker in self.workers.values():
+            worker.join(timeout=5)
+        LOG.info("recovery daemon stopped")
+
+    def tick(self) -> None:
+        for node, req in pacemaker.requests().items():
+            worker = self.workers.get(node)
+            if req.open and (worker is None or not worker.is_alive()):
+                LOG.info("%s: open recovery request (%s, %s): starting its pipeline", node, req.state, req.mode)
+                worker = threading.Thread(target=self._work, args=(node,), name=f"recover-{node}", daemon=True)
+                self.workers[node] = worker
+                worker.start()
+
+    def _work(self, node: str) -> None:
+        """Run the node's pipeline until its request is closed; errors are retried, never dropped."""
+        while not self.stop_event.is_set():
+            try:
+                req = pacemaker.request(node)
+                if req is None or not req.open:
+                    return
+                step = self.recovery().recover(req)
+                LOG.info("%s", step.summary)
+                if not step.request.open:
+                    return
+            except Exception as e:                 # nova down, CIB busy: the request stays, we try again
+                LOG.warning("%s: recovery step failed: %s: %s; retrying in %gs", node, type(e).__name__, e,
+                            RETRY_PAUSE)
+                LOG.debug("details", exc_info=True)
+            self.stop_event.wait(RETRY_PAUSE)
+
+    def stop(self, *_):
+        self.stop_event.set()
+
+
+def main(cfg, state_dir: str) -> int:
+    log.setup("crashup-daemon", stderr=False, debug=cfg.debug)
+    daemon = Daemon(cfg, state_dir=state_dir)
+    signal.signal(signal.SIGTERM, daemon.stop)
+    signal.signal(signal.SIGINT, daemon.stop)
+    pid_file = pathlib.Path(state_dir) / "daemon.pid"
+    pathlib.Path(state_dir).mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        daemon.run()
+    finally:
+        try:
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+        except OSError:
+            pass
+    return 0

@@ -1,0 +1,638 @@
+"""Which instances of a failed compute host to evacuate, in what order, to where: a Plan, as plain data.
+
+Pure: no I/O, no clock, no randomness. The same input gives the same Plan, which is what `crashup plan HOST`
+prints as a dry run and what the evacuator runs. Inputs are plain dicts (nova API or openstacksdk spellings),
+objects with `to_dict()`, or this module's dataclasses; `build_plan` normalises them.
+
+    plan = build_plan("compute-1", servers, aggregates=aggs, hosts=services, policy=Policy.from_config(cfg),
+                      microversion="2.95")
+    print(plan.render())
+    for wave in plan.waves:            # waves run one after the other; the steps of a wave may run concurrently
+        for step in wave.steps: ...
+
+The rules, in the order they apply (each is also a table of data below):
+
+1. Skip (SKIP_RULES, first match wins; `Skip.code` is machine-readable):
+   already_moved   the instance's host is no longer the failed host: nova is the ledger (its host and evacuation
+                   migration records), so a resumed plan never evacuates an instance twice
+   deleting        vm_state deleted/soft-delete or task_state deleting/soft-deleting
+   shelved         vm_state shelved / shelved_offloaded: not running, nova does not evacuate them, unshelve does
+   in_progress     task_state rebuilding/rebuild_block_device_mapping/rebuild_spawning: an evacuation (or
+                   rebuild) was already accepted; the evacuator polls it, stale-task repair handles it if stuck
+   error           vm_state error and Policy.skip_error (otherwise ERROR instances are evacuated)
+   opted_out       server metadata `<tag>` is false-ish: the owner opted out, this wins over every tag
+   not_tagged      tagging is in use (see 2) and nothing tags this instance
+2. Evacuable (TAG_SOURCES): an instance is tagged when, with `<tag>` = Policy.evacuable_tag,
+     server metadata `<tag>` is true-ish | server tag `<tag>` | flavor extra spec `<tag>`,
+     `aggregate_instance_extra_specs:<tag>`, `trait:<tag>` or `trait:CUSTOM_<TAG>` is true-ish (traits:
+     `required`) | image property `<tag>` is true-ish or image tag `<tag>` | an aggregate of the failed host has
+     metadata `<tag>` true-ish (then all of the host's instances are).
+   Filter mode: "tagged" when any instance given or any aggregate is tagged, else "all" (NovaEvacuate's rule:
+   untagged clouds evacuate everything). Already-moved instances count too: pass the instances of the host's
+   evacuation migrations (their host now elsewhere) and a resumed plan filters exactly as the first one did; or
+   pass `filter_mode` explicitly (Plan.filter_mode of the first plan).
+   True-ish: yes/true/on/1/y (crashup_lib.words), any case; false-ish: no/false/off/0/n.
+   Masakari's `HA_Enabled=True` metadata works with `evacuable_tag = HA_Enabled`.
+3. Prepare (PREPARE): nova evacuates only vm_state active/stopped/error with no task_state. An active instance
+   with a leftover task is reset to active first ("reset-active"); every other state or leftover task is reset
+   to error ("reset-error"), as Masakari does. Otherwise "none".
+4. After (NOVA_LEAVES, WANTED): with keep_power_state on, the instance ends in the power state it had: "start"
+   when it was ACTIVE and nova leaves it SHUTOFF (microversion >= 2.95), "stop" when it was SHUTOFF and nova
+   leaves it ACTIVE (a stopped instance reset to error, < 2.95); otherwise "none" (also for ERROR and other
+   states, whose wanted power state is unknown, and always when keep_power_state is off). The evacuator passes
+   the microversion it negotiated; None or "latest" means >= 2.95.
+5. Priority and waves: server metadata `crashup:priority` (an integer, higher first, default 0; a bad value
+   counts as 0 and the step's reason says so). Restart group `crashup:group`: all members of a group share the
+   priority of their highest member, so they land in one wave. One wave per priority, highest first; within a
+   wave, stable order by name then id. Plan.steps is the waves concatenated.
+6. Targets: Policy.target_host for every step when given (PlanError if it is the failed host, unknown, down,
+   forced down or disabled); else the Policy.reserved_hosts that are up, enabled and not forced down, in order,
+   round-robin across the steps in plan order (unusable ones are named in Plan.notes); else None: nova's
+   scheduler chooses. Never the failed host, never a down or forced-down host.
+
+Impossible input (an instance without id, a duplicate id, a bad microversion, an unusable target host) raises
+PlanError, a ValueError whose message is one line an operator can act on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Iterable, Mapping
+
+from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
+
+__all__ = ["PlanError", "Instance", "Aggregate", "HostState", "Policy", "Step", "Skip", "Wave", "Plan",
+           "build_plan", "PRIORITY_KEY", "GROUP_KEY", "SKIP_RULES", "TAG_SOURCES", "AFTER_ACTIONS",
+           "PREPARE_ACTIONS"]
+
+PRIORITY_KEY = "crashup:priority"
+GROUP_KEY = "crashup:group"
+PLAN_VERSION = 1
+STOPS_AFTER_EVACUATE = (2, 95)        # nova >= 2.95 leaves evacuated instances stopped
+AFTER_ACTIONS = ("none", "start", "stop")
+PREPARE_ACTIONS = ("none", "reset-active", "reset-error")
+SCHEDULER = "(scheduler)"             # how render() shows a step without a fixed target
+
+
+class PlanError(ValueError):
+    """The input cannot make a plan (unknown or unusable target host, duplicate instance ids...)."""
+
+
+# --- inputs --------------------------------------------------------------------------------------------------------
+
+# nova's server status -> vm_state, for input that only carries the status
+_STATUS_VM_STATE = {
+    "ACTIVE": "active", "SHUTOFF": "stopped", "ERROR": "error", "PAUSED": "paused", "SUSPENDED": "suspended",
+    "RESCUE": "rescued", "VERIFY_RESIZE": "resized", "BUILD": "building", "SHELVED": "shelved",
+    "SHELVED_OFFLOADED": "shelved_offloaded", "SOFT_DELETED": "soft-delete", "DELETED": "deleted",
+}
+
+
+def _first(data: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if key in data and data[key] is not None:
+            return data[key]
+    return default
+
+
+def _as_mapping(obj: Any, what: str) -> Mapping[str, Any]:
+    if isinstance(obj, Mapping):
+        return obj
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise PlanError(f"cannot read {what} from {type(obj).__name__}: expected a dict or an object with to_dict()")
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """One server on the failed host, as far as planning needs it."""
+    id: str
+    name: str = ""
+    status: str = ""                                   # nova's status (ACTIVE, SHUTOFF, ERROR...)
+    vm_state: str = ""                                 # nova's vm_state (active, stopped, error...); from status if ""
+    task_state: str | None = None
+    power_state: int | None = None
+    host: str | None = None                            # where nova has it now; None: not known (taken as the failed host)
+    project_id: str = ""
+    flavor_extra_specs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    image_properties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    image_tags: tuple[str, ...] = ()
+
+    @property
+    def state(self) -> str:
+        """vm_state, derived from the status when the input had none."""
+        if self.vm_state:
+            return self.vm_state.lower()
+        return _STATUS_VM_STATE.get(self.status.upper(), self.status.lower())
+
+    @classmethod
+    def coerce(cls, obj: Any) -> "Instance":
+        """An Instance from itself, a nova API server dict (OS-EXT-* keys), or an openstacksdk Server/dict."""
+        if isinstance(obj, Instance):
+            return obj
+        data = _as_mapping(obj, "an instance")
+        server_id = _first(data, "id", "uuid")
+        if not server_id:
+            raise PlanError(f"an instance without an id: {dict(data)!r:.120}")
+        flavor = data.get("flavor") or {}
+        extra_specs = _first(data, "flavor_extra_specs", default=None)
+        if extra_specs is None:
+            extra_specs = (flavor.get("extra_specs") if isinstance(flavor, Mapping) else None) or {}
+        image = data.get("image") or {}
+        image_properties = _first(data, "image_properties", default=None)
+        image_tags = _first(data, "image_tags", default=None)
+        if isinstance(image, Mapping):
+            if image_properties is None:
+                image_properties = _first(image, "properties", "metadata", default={})
+            if image_tags is None:
+                image_tags = image.get("tags") or ()
+        power_state = _first(data, "power_state", "OS-EXT-STS:power_state")
+        try:
+            power_state = int(power_state) if power_state is not None else None
+        except (TypeError, ValueError):
+            power_state = None
+        return cls(
+            id=str(server_id),
+            name=str(_first(data, "name", default="")),
+            status=str(_first(data, "status", default="")),
+            vm_state=str(_first(data, "vm_state", "OS-EXT-STS:vm_state", default="")),
+            task_state=_first(data, "task_state", "OS-EXT-STS:task_state"),
+            power_state=power_state,
+            host=_first(data, "host", "compute_host", "OS-EXT-SRV-ATTR:host"),
+            project_id=str(_first(data, "project_id", "tenant_id", default="")),
+            flavor_extra_specs=dict(extra_specs),
+            metadata=dict(data.get("metadata") or {}),
+            tags=tuple(data.get("tags") or ()),
+            image_properties=dict(image_properties or {}),
+            image_tags=tuple(image_tags or ()),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregate:
+    """A host aggregate the failed host belongs to."""
+    name: str
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def coerce(cls, obj: Any) -> "Aggregate":
+        if isinstance(obj, Aggregate):
+            return obj
+        data = _as_mapping(obj, "an aggregate")
+        return cls(name=str(_first(data, "name", "id", default="")), metadata=dict(data.get("metadata") or {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class HostState:
+    """Another compute host and what nova says of its nova-compute service."""
+    name: str
+    up: bool = True
+    enabled: bool = True
+    forced_down: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.up and self.enabled and not self.forced_down
+
+    def why_unusable(self) -> str:
+        return ", ".join(w for w, bad in (("down", not self.up), ("forced down", self.forced_down),
+                                          ("disabled", not self.enabled)) if bad)
+
+    @classmethod
+    def coerce(cls, obj: Any) -> "HostState":
+        """A HostState from itself or a nova os-services entry (host, state up/down, status enabled/disabled)."""
+        if isinstance(obj, HostState):
+            return obj
+        data = _as_mapping(obj, "a host")
+        name = _first(data, "name", "host")
+        if not name:
+            raise PlanError(f"a compute host without a name: {dict(data)!r:.120}")
+        up = data["up"] if "up" in data else str(data.get("state", "up")).lower() == "up"
+        enabled = data["enabled"] if "enabled" in data else str(data.get("status", "enabled")).lower() == "enabled"
+        forced = data.get("forced_down", data.get("is_forced_down", False))
+        return cls(name=str(name), up=bool(up), enabled=bool(enabled), forced_down=bool(forced))
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What the operator configured (config.py [evacuation]) plus the per-run choices of `crashup plan/recover`."""
+    evacuable_tag: str = "evacuable"
+    reserved_hosts: tuple[str, ...] = ()
+    keep_power_state: bool = True
+    skip_error: bool = False
+    target_host: str | None = None
+
+    def __post_init__(self):
+        if not self.evacuable_tag:
+            raise PlanError("policy: evacuable_tag must not be empty")
+        object.__setattr__(self, "reserved_hosts", tuple(self.reserved_hosts))
+        object.__setattr__(self, "target_host", self.target_host or None)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], *, skip_error: bool = False,
+                    target_host: str | None = None) -> "Policy":
+        return cls(evacuable_tag=cfg["evacuable_tag"], reserved_hosts=tuple(cfg["reserved_hosts"]),
+                   keep_power_state=bool(cfg["keep_power_state"]), skip_error=skip_error, target_host=target_host)
+
+
+# --- outputs -------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """Evacuate one server: first `prepare` (a reset-state), then evacuate to `target` (None: the scheduler
+    chooses), then `after` once it is on its new host."""
+    server_id: str
+    name: str
+    priority: int                  # the effective priority (the group's highest when in a restart group)
+    group: str | None
+    target: str | None
+    after: str                     # one of AFTER_ACTIONS
+    prepare: str                   # one of PREPARE_ACTIONS
+    reason: str                    # why it is included, and any note (bad priority, reset, power state)
+    wave: int                      # index into Plan.waves
+    project_id: str = ""
+    state: str = ""                # vm_state it had when planned
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+    server_id: str
+    name: str
+    code: str                      # one of the SKIP_RULES codes
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wave:
+    """Steps that may run concurrently (bounded by the evacuator's concurrency); waves run in order."""
+    index: int
+    priority: int
+    steps: tuple[Step, ...]
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(sorted({s.group for s in self.steps if s.group}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    host: str                                  # the failed host (nova's name)
+    filter_mode: str                           # "tagged" or "all"
+    evacuable_tag: str
+    microversion: str                          # the one the after-actions assume ("latest" when not given)
+    steps: tuple[Step, ...]
+    skipped: tuple[Skip, ...]
+    waves: tuple[Wave, ...]
+    notes: tuple[str, ...] = ()                # plan-wide remarks: unusable reserved hosts, filter mode
+
+    @property
+    def empty(self) -> bool:
+        return not self.steps
+
+    def step(self, server_id: str) -> Step:
+        for step in self.steps:
+            if step.server_id == server_id:
+                return step
+        raise KeyError(server_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: plain str/int/bool/None, lists and dicts."""
+        return {
+            "version": PLAN_VERSION,
+            "host": self.host,
+            "filter_mode": self.filter_mode,
+            "evacuable_tag": self.evacuable_tag,
+            "microversion": self.microversion,
+            "steps": [s.to_dict() for s in self.steps],
+            "skipped": [s.to_dict() for s in self.skipped],
+            "waves": [{"index": w.index, "priority": w.priority, "groups": list(w.groups),
+                       "steps": [s.server_id for s in w.steps]} for w in self.waves],
+            "notes": list(self.notes),
+        }
+
+    def render(self) -> str:
+        """A human table: a summary line, the steps by wave, the skipped instances, the notes."""
+        filt = (f"instances tagged {self.evacuable_tag!r}" if self.filter_mode == "tagged"
+                else f"all instances (none tagged {self.evacuable_tag!r})")
+        lines = [f"Plan for {self.host}: {len(self.steps)} to evacuate in {len(self.waves)} "
+                 f"wave{'s' if len(self.waves) != 1 else ''}, {len(self.skipped)} skipped; "
+                 f"filter: {filt}; nova microversion {self.microversion}"]
+        if self.steps:
+            rows = [(str(s.wave + 1), str(s.priority), s.name or "-", s.server_id, s.group or "-", s.state or "-",
+                     s.target or SCHEDULER, s.prepare, s.after, s.reason) for s in self.steps]
+            lines += [""] + _table(("WAVE", "PRIO", "NAME", "ID", "GROUP", "STATE", "TARGET", "PREPARE", "AFTER",
+                                    "REASON"), rows)
+        else:
+            lines += ["", "Nothing to evacuate."]
+        if self.skipped:
+            rows = [(s.name or "-", s.server_id, s.code, s.reason) for s in self.skipped]
+            lines += ["", "Skipped:"] + _table(("NAME", "ID", "CODE", "REASON"), rows)
+        if self.notes:
+            lines += ["", "Notes:"] + [f"  - {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return [line(header)] + [line(r) for r in rows]
+
+
+# --- the rules as data ---------------------------------------------------------------------------------------------
+
+DELETING_VM_STATES = ("deleted", "soft-delete", "soft_deleted")
+DELETING_TASKS = ("deleting", "soft-deleting", "soft_deleting")
+SHELVED_VM_STATES = ("shelved", "shelved_offloaded")
+EVACUATING_TASKS = ("rebuilding", "rebuild_block_device_mapping", "rebuild_spawning")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Facts:
+    """What the skip rules look at, worked out once per instance."""
+    inst: Instance
+    failed_host: str
+    tag: str
+    skip_error: bool
+    filter_mode: str
+    tagged_by: str | None          # the first tag source, or None
+    opted_out: bool
+
+
+#: (code, predicate, reason) in order; the first match skips the instance
+SKIP_RULES: tuple[tuple[str, Any, Any], ...] = (
+    ("already_moved", lambda f: f.inst.host is not None and f.inst.host != f.failed_host,
+     lambda f: f"already moved: nova has it on {f.inst.host}"),
+    ("deleting", lambda f: f.inst.state in DELETING_VM_STATES or (f.inst.task_state or "") in DELETING_TASKS,
+     lambda f: f"being deleted (vm_state {f.inst.state}, task_state {f.inst.task_state})"),
+    ("shelved", lambda f: f.inst.state in SHELVED_VM_STATES,
+     lambda f: f"{f.inst.state}: not running, nova does not evacuate it (unshelve places it)"),
+    ("in_progress", lambda f: (f.inst.task_state or "") in EVACUATING_TASKS,
+     lambda f: f"evacuation or rebuild already in progress (task_state {f.inst.task_state})"),
+    ("error", lambda f: f.inst.state == "error" and f.skip_error,
+     lambda f: "in ERROR and skip_error is on"),
+    ("opted_out", lambda f: f.opted_out,
+     lambda f: f"opted out: server metadata {f.tag}={f.inst.metadata.get(f.tag)}"),
+    ("not_tagged", lambda f: f.filter_mode == "tagged" and f.tagged_by is None,
+     lambda f: "not tagged (tagging is in use on this host)"),
+)
+
+
+def _word(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).strip().lower()
+
+
+def _is_true(value: Any) -> bool:
+    return _word(value) in TRUE_WORDS
+
+
+def _is_false(value: Any) -> bool:
+    return _word(value) in FALSE_WORDS
+
+
+def _trait_name(tag: str) -> str:
+    """os-traits' custom trait spelling of a tag: CUSTOM_ + upper case, anything else -> '_'."""
+    name = re.sub(r"[^A-Z0-9_]", "_", tag.upper())
+    return name if name.startswith("CUSTOM_") else "CUSTOM_" + name
+
+
+def _flavor_keys(tag: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((tag, f"aggregate_instance_extra_specs:{tag}", f"trait:{tag}",
+                                f"trait:{_trait_name(tag)}")))
+
+
+def _flavor_true(key: str, value: Any) -> bool:
+    return _is_true(value) or (key.startswith("trait:") and _word(value) == "required")
+
+
+#: (source name, finder(instance, tag) -> the "key=value" that tags it, or None); first match is the reason
+TAG_SOURCES: tuple[tuple[str, Any], ...] = (
+    ("server metadata", lambda i, t: f"{t}={i.metadata[t]}" if t in i.metadata and _is_true(i.metadata[t])
+     else None),
+    ("server tag", lambda i, t: t if t in i.tags else None),
+    ("flavor extra spec", lambda i, t: next((f"{k}={i.flavor_extra_specs[k]}" for k in _flavor_keys(t)
+                                             if k in i.flavor_extra_specs
+                                             and _flavor_true(k, i.flavor_extra_specs[k])), None)),
+    ("image property", lambda i, t: f"{t}={i.image_properties[t]}"
+     if t in i.image_properties and _is_true(i.image_properties[t]) else None),
+    ("image tag", lambda i, t: t if t in i.image_tags else None),
+)
+
+
+def _tagged_by(inst: Instance, tag: str) -> str | None:
+    for source, find in TAG_SOURCES:
+        found = find(inst, tag)
+        if found:
+            return f"{source} {found}"
+    return None
+
+
+#: (vm_state it is evacuated from, nova stops evacuated instances) -> the state nova leaves it in
+NOVA_LEAVES: dict[tuple[str, bool], str] = {
+    ("active", False): "ACTIVE", ("active", True): "SHUTOFF",
+    ("stopped", False): "SHUTOFF", ("stopped", True): "SHUTOFF",
+    ("error", False): "ACTIVE", ("error", True): "SHUTOFF",
+}
+#: vm_state before the failure -> the power state keep_power_state restores (absent: unknown, left as nova leaves it)
+WANTED: dict[str, str] = {"active": "ACTIVE", "stopped": "SHUTOFF"}
+#: (state nova leaves, state wanted) -> after action
+AFTER: dict[tuple[str, str], str] = {("SHUTOFF", "ACTIVE"): "start", ("ACTIVE", "SHUTOFF"): "stop"}
+
+
+def _prepare(inst: Instance) -> tuple[str, str]:
+    """(prepare action, the vm_state nova sees at evacuate time): the pipeline's repair table decides, so the dry
+    run shows exactly the resets recovery will make."""
+    from crashup_lib.recovery import repair
+    decision = repair.decide(_RepairView(inst.id, inst.name, inst.state, inst.task_state))
+    if decision is None or decision.action == "skip":
+        return "none", inst.state
+    return decision.action, "active" if decision.action == "reset-active" else "error"
+
+
+@dataclasses.dataclass(frozen=True)
+class _RepairView:
+    id: str
+    name: str
+    vm_state: str
+    task_state: str | None
+
+
+def _after(inst: Instance, evacuated_from: str, nova_stops: bool, keep_power_state: bool) -> str:
+    if not keep_power_state:
+        return "none"
+    wanted = WANTED.get(inst.state)
+    leaves = NOVA_LEAVES[(evacuated_from, nova_stops)]
+    return AFTER.get((leaves, wanted), "none") if wanted else "none"
+
+
+def _parse_priority(value: Any) -> tuple[int, str]:
+    """(priority, note): a bad value counts as 0 and says so."""
+    if value is None:
+        return 0, ""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return int(str(value).strip()), ""
+    except ValueError:
+        return 0, f"{PRIORITY_KEY}={value!r} is not an integer: 0 used"
+
+
+def _parse_microversion(microversion: str | None) -> tuple[str, bool]:
+    """(as shown, nova stops evacuated instances)."""
+    if microversion is None or str(microversion).strip().lower() in ("", "latest"):
+        return "latest", True
+    m = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", str(microversion))
+    if not m:
+        raise PlanError(f"microversion {microversion!r} is not 'X.Y' or 'latest'")
+    return f"{m.group(1)}.{m.group(2)}", (int(m.group(1)), int(m.group(2))) >= STOPS_AFTER_EVACUATE
+
+
+# --- the planner ---------------------------------------------------------------------------------------------------
+
+def _targets(failed_host: str, hosts: dict[str, HostState], policy: Policy) -> tuple[tuple[str, ...], list[str]]:
+    """(target hosts to round-robin over, empty for the scheduler; notes)."""
+    notes: list[str] = []
+    if policy.target_host:
+        target = policy.target_host
+        if target == failed_host:
+            raise PlanError(f"target host {target} is the failed host")
+        if target not in hosts:
+            known = ", ".join(sorted(hosts)) or "none"
+            raise PlanError(f"target host {target} is not a known compute host (known: {known})")
+        if not hosts[target].usable:
+            raise PlanError(f"target host {target} cannot take instances: {hosts[target].why_unusable()}")
+        return (target,), notes
+    usable: list[str] = []
+    for name in dict.fromkeys(policy.reserved_hosts):
+        if name == failed_host:
+            notes.append(f"reserved host {name} is the failed host: not used")
+        elif name not in hosts:
+            notes.append(f"reserved host {name} is not a known compute host: not used")
+        elif not hosts[name].usable:
+            notes.append(f"reserved host {name} is {hosts[name].why_unusable()}: not used")
+        else:
+            usable.append(name)
+    if policy.reserved_hosts and not usable:
+        notes.append("no reserved host is usable: nova's scheduler chooses")
+    return tuple(usable), notes
+
+
+def build_plan(failed_host: str, instances: Iterable[Any], *, aggregates: Iterable[Any] = (),
+               hosts: Iterable[Any] = (), policy: Policy | None = None, microversion: str | None = None,
+               filter_mode: str | None = None) -> Plan:
+    """Plan the evacuation of `failed_host` (nova's service host name). See the module docstring for the rules.
+
+    instances: the servers nova has on the host (plus, optionally, those already evacuated from it).
+    aggregates: the aggregates the host belongs to. hosts: the compute services (os-services entries of other
+    binaries are ignored; the failed host may be included).
+    microversion: the compute API microversion evacuations will use (None: latest, i.e. >= 2.95).
+    filter_mode: "tagged" or "all" to override the automatic choice (e.g. the first plan's, when resuming).
+    """
+    if not failed_host:
+        raise PlanError("no failed host named")
+    policy = policy or Policy()
+    tag = policy.evacuable_tag
+    shown_mv, nova_stops = _parse_microversion(microversion)
+    if filter_mode not in (None, "tagged", "all"):
+        raise PlanError(f"filter_mode {filter_mode!r} is not 'tagged' or 'all'")
+
+    insts = [Instance.coerce(i) for i in instances]
+    seen: set[str] = set()
+    for inst in insts:
+        if inst.id in seen:
+            raise PlanError(f"instance {inst.id} is listed twice")
+        seen.add(inst.id)
+    aggs = [Aggregate.coerce(a) for a in aggregates]
+    host_states: dict[str, HostState] = {}
+    for h in hosts:
+        if not isinstance(h, HostState) and _as_mapping(h, "a host").get("binary", "nova-compute") != "nova-compute":
+            continue                   # os-services lists conductors and schedulers too
+        state = HostState.coerce(h)
+        host_states[state.name] = state
+
+    targets, notes = _targets(failed_host, host_states, policy)
+
+    tagged_aggregates = [a.name for a in aggs if tag in a.metadata and _is_true(a.metadata[tag])]
+    tagged_by = {i.id: _tagged_by(i, tag) for i in insts}
+    if tagged_aggregates:
+        for inst in insts:
+            if tagged_by[inst.id] is None:
+                tagged_by[inst.id] = f"aggregate {tagged_aggregates[0]} {tag}=true"
+    if filter_mode is None:
+        filter_mode = "tagged" if any(tagged_by.values()) else "all"
+        if filter_mode == "all" and insts:
+            notes.insert(0, f"no instance or aggregate of {failed_host} is tagged {tag!r}: all are evacuable")
+
+    # 1-2: filter
+    chosen: list[tuple[Instance, str]] = []
+    skipped: list[Skip] = []
+    for inst in insts:
+        facts = _Facts(inst=inst, failed_host=failed_host, tag=tag, skip_error=policy.skip_error, filter_mode=filter_mode,
+                       tagged_by=tagged_by[inst.id],
+                       opted_out=tag in inst.metadata and _is_false(inst.metadata[tag]))
+        for code, applies, reason in SKIP_RULES:
+            if applies(facts):
+                skipped.append(Skip(inst.id, inst.name, code, reason(facts)))
+                break
+        else:
+            why = f"tagged: {facts.tagged_by}" if facts.tagged_by else "evacuable: nothing on the host is tagged"
+            chosen.append((inst, why))
+
+    # 5: priorities, groups, waves
+    own: dict[str, tuple[int, str]] = {i.id: _parse_priority(i.metadata.get(PRIORITY_KEY)) for i, _ in chosen}
+    group_of = {i.id: (str(i.metadata.get(GROUP_KEY, "")).strip() or None) for i, _ in chosen}
+    group_priority: dict[str, int] = {}
+    for inst, _ in chosen:
+        group = group_of[inst.id]
+        if group is not None:
+            group_priority[group] = max(group_priority.get(group, own[inst.id][0]), own[inst.id][0])
+
+    def effective(inst: Instance) -> int:
+        group = group_of[inst.id]
+        return group_priority[group] if group is not None else own[inst.id][0]
+
+    ordered = sorted(chosen, key=lambda c: (-effective(c[0]), c[0].name, c[0].id))
+    priorities = sorted({effective(i) for i, _ in chosen}, reverse=True)
+    wave_of = {p: n for n, p in enumerate(priorities)}
+
+    steps: list[Step] = []
+    for n, (inst, why) in enumerate(ordered):
+        prio = effective(inst)
+        own_prio, prio_note = own[inst.id]
+        parts = [why]
+        if prio_note:
+            parts.append(prio_note)
+        if prio != own_prio:
+            parts.append(f"priority {prio} from group {group_of[inst.id]} (own {own_prio})")
+        prepare, evacuated_from = _prepare(inst)
+        if prepare != "none":
+            parts.append(f"{prepare} first (vm_state {inst.state}, task_state {inst.task_state})")
+        after = _after(inst, evacuated_from, nova_stops, policy.keep_power_state)
+        if after == "start":
+            parts.append(f"start after: it was ACTIVE, nova {shown_mv} leaves it SHUTOFF")
+        elif after == "stop":
+            parts.append(f"stop after: it was SHUTOFF, nova {shown_mv} leaves it ACTIVE")
+        steps.append(Step(server_id=inst.id, name=inst.name, priority=prio, group=group_of[inst.id],
+                          target=targets[n % len(targets)] if targets else None, after=after, prepare=prepare,
+                          reason="; ".join(parts), wave=wave_of[prio], project_id=inst.project_id,
+                          state=inst.state))
+
+    waves = tuple(Wave(index=wave_of[p], priority=p, steps=tuple(s for s in steps if s.priority == p))
+                  for p in priorities)
+    skipped.sort(key=lambda s: (s.name, s.server_id))
+    return Plan(host=failed_host, filter_mode=filter_mode, evacuable_tag=tag, microversion=shown_mv,
+                steps=tuple(steps), skipped=tuple(skipped), waves=waves, notes=tuple(notes))
