@@ -37,7 +37,7 @@ $(VENV)/.stamp: setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt pytest
 	# compat editable mode: a plain path entry, so agents start without an import hook
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --config-settings editable_mode=compat -e .
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --config-settings editable_mode=compat -e ".[test]"
 	touch $@
 
 nova-venv: venv

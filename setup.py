@@ -9,6 +9,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["crashup_lib", "crashup_lib.*"]),
+    package_data={"crashup_lib.recovery": ["events.schema.json"]},   # the events contract, read at run time
+    include_package_data=True,
     # Ranges: the lower bounds are what the code needs, the upper bounds what has been tested
     # (constraints.txt pins the exact versions the test suite runs on).
     install_requires=[
@@ -18,7 +20,7 @@ setup(
         "python-novaclient>=18,<19",
         "keystoneauth1>=5.1,<6",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "jsonschema>=4.18"]},   # jsonschema: tests validate events
     entry_points={"console_scripts": ["crashup = crashup_lib.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",

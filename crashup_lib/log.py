@@ -107,10 +107,8 @@ def setup(ident: str, *, instance: str | None = None, stderr: bool | None = None
         debug = os.environ.get("HA_debug", "0") not in ("", "0", "false", "no", "off")
     logger = logging.getLogger("crashup")
     logger.handlers.clear()
-    logger.filters.clear()
     logger.propagate = False
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    logger.addFilter(RedactingFilter())
     tag = f"{ident}({instance})[{os.getpid()}]" if instance else f"{ident}[{os.getpid()}]"
 
     logfile, debuglog = os.environ.get("HA_LOGFILE"), os.environ.get("HA_DEBUGLOG")
@@ -135,6 +133,10 @@ def setup(ident: str, *, instance: str | None = None, stderr: bool | None = None
         h.setLevel(stderr_level)
         h.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         logger.addHandler(h)
+    # on the handlers, not the logger: a logger's filters never see records of its children (crashup.events, ...)
+    redacting = RedactingFilter()
+    for h in logger.handlers:
+        h.addFilter(redacting)
     return logger
 
 

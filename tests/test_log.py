@@ -59,3 +59,12 @@ def test_missing_log_destination_never_raises(tmp_path, monkeypatch):
     logger = log.setup("myagent", stderr=False)
     logger.error("still fine")
     assert logging.getLogger("crashup").handlers
+
+
+def test_child_loggers_are_redacted_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("HA_LOGFILE", str(tmp_path / "ha.log"))
+    log.setup("daemon", stderr=False)
+    log.register_secret("Child-S3cret")
+    log.get("events").warning("webhook with Child-S3cret failed")
+    text = (tmp_path / "ha.log").read_text()
+    assert "webhook with *** failed" in text and "Child-S3cret" not in text

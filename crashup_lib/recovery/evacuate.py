@@ -32,6 +32,7 @@ class Outcome:
     duration_s: float
     attempts: int
     reason: str = ""
+    power_state: int | None = None   # nova's code on the new host (1 running, 4 shutdown)
 
 
 @dataclasses.dataclass
@@ -177,12 +178,13 @@ class Evacuator:
                     return self._finish(track, "failed", server.host, f"evacuated but {after} failed: {e}")
             return None
         if server.status in ("ACTIVE", "SHUTOFF"):
-            return self._finish(track, "evacuated", server.host, "")
+            return self._finish(track, "evacuated", server.host, "", server.power_state)
         return None
 
-    def _finish(self, track: _Track, result: str, host: str | None, reason: str) -> Outcome:
+    def _finish(self, track: _Track, result: str, host: str | None, reason: str,
+                power_state: int | None = None) -> Outcome:
         outcome = Outcome(track.step.server_id, track.step.name, result, host,
-                          round(time.monotonic() - track.started, 2), track.attempts, reason)
+                          round(time.monotonic() - track.started, 2), track.attempts, reason, power_state)
         (LOG.info if result != "failed" else LOG.warning)("%s: %s%s%s", outcome.name, result,
                                                            f" to {host}" if host else "",
                                                            f" ({reason})" if reason else "")

@@ -115,14 +115,13 @@ class Recovery:
         if not req.filter_mode:
             req = self._save(req.moved_to(req.state, f"evacuating {len(the_plan.steps)} instances",
                                           filter_mode=the_plan.filter_mode))
-        by_id = {s.id: s for s in servers}
 
         def report(outcome):
             if outcome.result == "evacuated":
                 self._emit("crashup.instance.evacuated", outcome.server_id,
                            {"id": outcome.server_id, "name": outcome.name, "source_host": host,
                             "target_host": outcome.target_host, "duration_s": outcome.duration_s,
-                            "power_state": getattr(by_id.get(outcome.server_id), "status", "")})
+                            "power_state": outcome.power_state if outcome.power_state is not None else ""})
             elif outcome.result == "failed":
                 self._emit("crashup.instance.evacuation_failed", outcome.server_id,
                            {"id": outcome.server_id, "name": outcome.name, "source_host": host,
@@ -147,12 +146,19 @@ class Recovery:
         return {"host": host, "node": req.node, "fenced_at": req.fenced_at, "mode": req.mode,
                 "instances": [{"id": s.id, "name": s.name, "status": s.status, "task_state": s.task_state,
                                "project_id": s.project_id} for s in servers],
-                "repairs": [{"id": r.server_id, "from_task_state": r.task_state, "action": r.action}
-                            for r in repairs]}
+                "repairs": [{"id": r.server_id, "from_task_state": r.task_state or None, "action": r.action}
+                            for r in repairs if r.action != "skip"]}
 
     def _emit(self, kind: str, subject: str, payload: dict) -> None:
+        """Emit an event. A malformed payload is a bug to log loudly, never a reason to stop a recovery; a journal
+        that cannot be written is raised (the daemon retries the step: events are not lost)."""
         from crashup_lib.recovery import events
-        self.emitter.emit(events.make_event(kind, subject, payload))
+        try:
+            event = events.make_event(kind, subject, payload)
+        except events.EventError as e:
+            LOG.error("event %s not emitted: %s", kind, e)
+            return
+        self.emitter.emit(event)
 
     def _save(self, req: RecoveryRequest) -> RecoveryRequest:
         pacemaker.write_request(req)

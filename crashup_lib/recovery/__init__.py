@@ -1,0 +1,1 @@
+"""Host recovery: the recovery request, the plan, evacuation, events and the pipeline."""
