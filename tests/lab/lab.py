@@ -27,7 +27,7 @@ STATE_FILE = RUN_DIR / "lab.json"
 CLOUDS_YAML = RUN_DIR / "clouds.yaml"
 CRASHUP_CONF = RUN_DIR / "crashup.conf"
 JOURNAL = RUN_DIR / "events.jsonl"
-DAEMON_DIR = RUN_DIR / "crashup"
+DAEMON_DIR = pathlib.Path("/run/crashup")     # per host, as in production: nodes have their own /run
 CLOUD = "crashup-lab"
 BMC_DIR = RUN_DIR / "bmc"
 NOVA_STATE = RUN_DIR / "nova"
@@ -269,7 +269,9 @@ def pcs_commands(lab_nodes: list[Node]) -> list[list[str]]:
                          f"ipport={n.bmc_port}", f"username={topology.BMC_USER}", f"password_file={password_file}",
                          f"pcmk_host_list={n.name}", "op", "monitor", "interval=60s"])
         commands.append(["stonith", "level", "add", "1", n.name, f"ipmi-{n.name},crashup-nova"])
-        commands.append(["constraint", "location", "crashup", "avoids", n.name])
+        # never probed nor run on a compute node: the daemon belongs on controllers
+        commands.append(["constraint", "location", "add", f"crashup-not-on-{n.name}", "crashup", n.name,
+                         "-INFINITY", "resource-discovery=never"])
     return commands
 
 
@@ -370,7 +372,7 @@ def down(quiet: bool = False) -> Timeline:
     _kill_orphan_daemon()
     t.mark("Pacemaker, nodes and network removed")
     remove_agents()
-    for d in (RUN_DIR, SECRETS_DIR):
+    for d in (RUN_DIR, SECRETS_DIR, DAEMON_DIR):
         shutil.rmtree(d, ignore_errors=True)
     t.mark("agents and run state removed")
     return t
