@@ -267,3 +267,26 @@ def test_nova_failing_during_evacuation_is_retried_then_reported(lab):
     failed = [e for e in journal(lab, since) if e["type"] == "crashup.instance.evacuation_failed"]
     assert [e["payload"]["id"] for e in failed] == ids and failed[0]["payload"]["attempts"] == 3
     rejoin_and_clean(lab, node)
+
+
+def test_open_request_survives_a_full_cluster_restart_and_gets_finished(lab):
+    node = lab.node("compute3")
+    subprocess.run(["pcs", "resource", "disable", "crashup", "--wait=60"], check=True, capture_output=True,
+                   timeout=90)                          # no daemon: the request can only wait
+    try:
+        ids = boot(lab, node.nova_host, 2, "restart")
+        since = time.time()
+        lab.fail(node, "crash")
+        before = wait_request(lab, node, ("pending",), since)
+        pacemaker.restart()                             # the whole cluster stops and starts again
+        pacemaker.wait_for(lambda st: st.dc == "ctl1", 60, "a DC after the restart")
+        after = lab.recovery_request(node)
+        assert after is not None and after.open and after.fenced_at >= before.fenced_at
+        assert all(not m for m in evacuations(lab, ids).values())
+    finally:
+        subprocess.run(["pcs", "resource", "enable", "crashup", "--wait=60"], check=True, capture_output=True,
+                       timeout=90)
+    req = wait_request(lab, node, ("done",), since)
+    assert req.note.startswith("2 evacuated, 0 failed")
+    assert_recovered_exactly_once(lab, node, ids)
+    rejoin_and_clean(lab, node)

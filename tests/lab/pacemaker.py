@@ -238,9 +238,10 @@ def _prepare_logs(node: str) -> None:
     agents.chmod(0o664)
 
 
-def up_controller(timeout: float = 60) -> dict[str, float]:
+def up_controller(timeout: float = 60, keep_cib: bool = False) -> dict[str, float]:
     """Start corosync and pacemakerd as cluster node ctl1 and wait until it is DC.  Refuses (LabError) if any
     corosync/pacemaker daemon runs or if corosync.conf or the CIB are someone else's (LabBusy, nothing touched).
+    keep_cib: start from the lab's CIB as it was left (the second half of restart()), instead of a fresh seed.
     On any later failure the started parts stay up for inspection: call down().  Returns phase timings (s)."""
     clock = _Clock("controller")
     running = pids_named(DAEMONS)
@@ -266,14 +267,15 @@ def up_controller(timeout: float = 60) -> dict[str, float]:
     COROSYNC_CONF.write_text(COROSYNC_CONF_TEXT.format(
         marker=MARKER, cluster=topology.CLUSTER_NAME, controller=topology.CONTROLLER,
         logfile=topology.LOG_DIR / "corosync.log"))
-    CIB_MARKER.write_text("the CIB files here are the crashup lab's; its down() removes them\n")
-    for f in CIB_DIR.glob("cib*"):
-        f.unlink()
-    seed = CIB_DIR / "cib.xml"
-    seed.write_text(CIB_SEED)
-    hacluster, haclient = pwd.getpwnam("hacluster").pw_uid, grp.getgrnam("haclient").gr_gid
-    os.chown(seed, hacluster, haclient)
-    seed.chmod(0o600)
+    if not (keep_cib and CIB_MARKER.exists()):
+        CIB_MARKER.write_text("the CIB files here are the crashup lab's; its down() removes them\n")
+        for f in CIB_DIR.glob("cib*"):
+            f.unlink()
+        seed = CIB_DIR / "cib.xml"
+        seed.write_text(CIB_SEED)
+        hacluster, haclient = pwd.getpwnam("hacluster").pw_uid, grp.getgrnam("haclient").gr_gid
+        os.chown(seed, hacluster, haclient)
+        seed.chmod(0o600)
     clock.mark("files")
 
     coro = spawn("corosync", ["corosync", "-f"], env=BASE_ENV, log_path=topology.LOG_DIR / "corosync.stdout")
@@ -624,15 +626,8 @@ def _remoted_records() -> list[dict]:
     return [read_record(p.stem) for p in topology.RUN_DIR.glob("remoted-*.json")] if topology.RUN_DIR.exists() else []
 
 
-def down(shutdown_wait: float = SHUTDOWN_WAIT) -> dict[str, float]:
-    """Stop and remove everything the lab started or wrote, by its records only, whatever state it is in (also after
-    a failed up, and when nothing runs).  Keeps LOG_DIR and CACHE_DIR.  Returns phase timings (s)."""
-    clock = _Clock("down")
-    for ns in netns.netns_list():         # cut links would make stopping their connections wait for timeouts
-        if netns.NETNS_RE.match(ns):
-            node = Node(int(ns[len("crlab-compute"):]))
-            netns.run(["ip", "-n", ns, "link", "set", "dev", node.veth_node, "up"], check=False)
-    # 1. pacemaker: a clean shutdown stops the resources on the remote nodes and the remote connections
+def _stop_pacemaker(shutdown_wait: float) -> None:
+    """A clean pacemakerd shutdown (it stops the resources and the remote connections), bounded, by record."""
     pm = read_record("pacemakerd")
     kids = list(read_record("pacemaker-children") or [])
     if alive(pm):
@@ -644,6 +639,34 @@ def down(shutdown_wait: float = SHUTDOWN_WAIT) -> dict[str, float]:
             signal_rec(pm, signal.SIGKILL)
             wait_dead([pm], 5)
     stop_recs(kids, 5)
+
+
+def _stop_corosync() -> None:
+    coro = read_record("corosync")
+    if alive(coro):
+        run(["corosync-cfgtool", "-H", "--force"], check=False, timeout=15)
+        if not wait_dead([coro], 15):
+            stop_recs([coro], 5)
+
+
+def restart(timeout: float = 60, shutdown_wait: float = SHUTDOWN_WAIT) -> dict[str, float]:
+    """A full cluster restart: pacemakerd and corosync stop cleanly (the lab has one cluster node) and start again
+    from the CIB they left. The compute nodes keep running; Pacemaker reconnects them."""
+    _stop_pacemaker(shutdown_wait)
+    _stop_corosync()
+    return up_controller(timeout, keep_cib=True)
+
+
+def down(shutdown_wait: float = SHUTDOWN_WAIT) -> dict[str, float]:
+    """Stop and remove everything the lab started or wrote, by its records only, whatever state it is in (also after
+    a failed up, and when nothing runs).  Keeps LOG_DIR and CACHE_DIR.  Returns phase timings (s)."""
+    clock = _Clock("down")
+    for ns in netns.netns_list():         # cut links would make stopping their connections wait for timeouts
+        if netns.NETNS_RE.match(ns):
+            node = Node(int(ns[len("crlab-compute"):]))
+            netns.run(["ip", "-n", ns, "link", "set", "dev", node.veth_node, "up"], check=False)
+    # 1. pacemaker: a clean shutdown stops the resources on the remote nodes and the remote connections
+    _stop_pacemaker(shutdown_wait)
     clock.mark("pacemaker")
     # 2. the nodes: remoteds, then whatever else runs in their namespaces, then the network
     stop_recs(_remoted_records(), 10)
@@ -652,11 +675,7 @@ def down(shutdown_wait: float = SHUTDOWN_WAIT) -> dict[str, float]:
         stop_recs([read_record(p.stem) for p in topology.RUN_DIR.glob("anchor-*.json")], 3)
     clock.mark("nodes")
     # 3. corosync
-    coro = read_record("corosync")
-    if alive(coro):
-        run(["corosync-cfgtool", "-H", "--force"], check=False, timeout=15)
-        if not wait_dead([coro], 15):
-            stop_recs([coro], 5)
+    _stop_corosync()
     clock.mark("corosync")
     # 4. files
     if _lab_wrote_conf():

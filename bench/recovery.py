@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Host recovery in the lab: a compute node with N instances crashes; time to the last instance ACTIVE elsewhere.
+
+Phases: detect (crash -> Pacemaker loses the node), fence (-> the fencing level succeeded: IPMI off confirmed,
+nova forced-down, request recorded), recover (-> every instance ACTIVE on another host: repair + evacuate).
+Baseline, in the same run: nova's own time for the same number of evacuations issued at once (8 client threads,
+source host already down and forced down), from the first call to the last instance ACTIVE. crashup's overhead is
+recover minus that baseline. Goal (issue 5): overhead <= 3 s for 50 instances. Needs root; brings the lab up and down.
+"""
+import concurrent.futures
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from tests.lab import lab, pacemaker  # noqa: E402
+from tests.lab.nova_env import IMAGE_ID  # noqa: E402
+
+N = int(os.environ.get("BENCH_INSTANCES", "50"))
+
+
+def boot(conn, host, prefix):
+    servers = [conn.compute.create_server(name=f"{prefix}-{i}", flavor_id="1", image_id=IMAGE_ID,
+                                          networks="none", host=host) for i in range(N)]
+    for s in servers:
+        conn.compute.wait_for_server(s, status="ACTIVE", interval=0.5, wait=600)
+    return {s.id for s in servers}
+
+
+def wait_active_elsewhere(conn, ids, source, timeout=900):
+    limit = time.monotonic() + timeout
+    while time.monotonic() < limit:
+        placed = [s for s in conn.compute.servers(all_projects=True) if s.id in ids]
+        if len(placed) == len(ids) and all(s.status == "ACTIVE" and s.compute_host != source and not s.task_state
+                                           for s in placed):
+            return time.monotonic()
+        time.sleep(0.2)
+    raise RuntimeError(f"instances not all ACTIVE away from {source} after {timeout}s")
+
+
+def delete_all(conn):
+    servers = list(conn.compute.servers(all_projects=True))
+    for s in servers:
+        conn.compute.delete_server(s)
+    for s in servers:
+        conn.compute.wait_for_delete(s, interval=0.5, wait=300)
+
+
+def baseline(conn, node):
+    """nova alone: the same evacuations, all issued at once against an already-down, forced-down host."""
+    from crashup_lib import nova as nova_api
+    ids = boot(conn, node.nova_host, "base")
+    lab.nova().stop_compute(node.nova_host, power_off=True)
+    client = nova_api.Nova.from_config(__import__("crashup_lib.config", fromlist=["load"]).load(
+        str(lab.CRASHUP_CONF)))
+    client.force_down(node.nova_host, True)
+    start = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda sid: client.evacuate(sid, microversion="2.94"), ids))
+    calls = time.monotonic() - start
+    end = wait_active_elsewhere(conn, ids, node.nova_host)
+    delete_all(conn)
+    lab.nova().start_compute(node.nova_host)
+    lab.rejoin(node)
+    return calls, end - start
+
+
+def crashup_run(conn, node):
+    ids = boot(conn, node.nova_host, "ha")
+    since = time.time()
+    crash = time.monotonic()
+    lab.fail(node, "crash")
+    pacemaker.wait_for(lambda st: not st.nodes[node.name].online, 120, f"{node.name} lost", interval=0.1)
+    lost = time.monotonic()
+    pacemaker.wait_for(lambda st: st.fenced(node.name, since), 120, f"{node.name} fenced", interval=0.1)
+    fenced = time.monotonic()
+    end = wait_active_elsewhere(conn, ids, node.nova_host)
+    delete_all(conn)
+    deadline = time.monotonic() + 60
+    while lab.recovery_request(node).state != "done" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    lab.rejoin(node)
+    return lost - crash, fenced - lost, end - fenced, end - crash
+
+
+def main():
+    if lab.read_state():
+        lab.down(quiet=True)
+    lab.up(quiet=True)
+    try:
+        conn = lab.connection()
+        calls, nova_time = baseline(conn, lab.node("compute2"))
+        detect, fence, recover, total = crashup_run(conn, lab.node("compute1"))
+    finally:
+        lab.down(quiet=True)
+    print(f"host recovery, {N} instances, lab of 3 compute nodes (one process of real nova, 2 cores)")
+    print(f"  detect  crash -> node lost in Pacemaker            {detect:7.2f} s")
+    print(f"  fence   lost -> IPMI off + nova forced-down        {fence:7.2f} s")
+    print(f"  recover fenced -> last instance ACTIVE elsewhere   {recover:7.2f} s   (verify, repair, evacuate)")
+    print(f"  total   crash -> last instance ACTIVE              {total:7.2f} s")
+    print(f"  nova alone: {N} evacuations issued at once -> last ACTIVE {nova_time:7.2f} s "
+          f"(calls took {calls:.2f} s)")
+    overhead = recover - nova_time
+    print(f"  crashup overhead (recover - nova alone)            {overhead:7.2f} s   goal <= 3 s: "
+          f"{'met' if overhead <= 3 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
