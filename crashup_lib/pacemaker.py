@@ -174,6 +174,15 @@ def fenced_since(node: str, since: float, timeout: float = 15.0) -> FenceEvent |
     return None
 
 
+def fencing_in_flight(node: str, timeout: float = 15.0) -> bool:
+    return any(e.target == node and e.state == "pending" for e in fence_history(node, timeout))
+
+
+def request_fencing(node: str, timeout: float = 120.0) -> None:
+    """Ask Pacemaker to fence `node` (reboot, through its fencing levels). Raises PacemakerError if it fails."""
+    _run(["stonith_admin", "--reboot", node, "--timeout", str(int(timeout))], timeout + 15)
+
+
 # --- nodes ---------------------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)

@@ -45,6 +45,10 @@ def cluster(monkeypatch):
         node, "reboot", "success", since + 1, "ctl1") if state["fenced"] else None)
     monkeypatch.setattr(pacemaker, "nodes", lambda timeout=15: [pacemaker.Node(n, "remote", False, False)
                                                                 for n in state["nodes"]])
+    monkeypatch.setattr(pacemaker, "fencing_in_flight", lambda node, timeout=15: state.get("in_flight", False))
+    state["refenced"] = []
+    monkeypatch.setattr(pacemaker, "request_fencing", lambda node, timeout=120: state["refenced"].append(node))
+    monkeypatch.setattr(pacemaker, "request", lambda node, timeout=15: state["requests"].get(node))
     return state
 
 
@@ -64,12 +68,31 @@ def test_never_acts_before_fencing_is_confirmed(cluster):
     rec = recovery(nova, clock=1010.0)
     step = rec.recover(request())
     assert step.waiting and step.request.state == "pending" and nova.resets == [] and rec.emitter.events == []
+    assert cluster["refenced"] == []                 # young request: fencing may still be under way
     late = recovery(nova, clock=1000.0 + pipeline.FENCING_GRACE + 1)
     step = late.recover(request())
     assert [e["type"] for e in late.emitter.events] == ["crashup.host.fencing_unconfirmed"]
     assert nova.resets == [] and step.request.note.startswith("fencing not confirmed")
     late.recover(step.request)                       # said once, not at every retry
     assert len(late.emitter.events) == 1
+    assert cluster["refenced"] == ["compute1"]       # no record and nothing in flight: fenced again, once a grace
+
+
+def test_a_fencing_in_flight_is_waited_for_not_repeated(cluster):
+    cluster["fenced"], cluster["in_flight"] = False, True
+    rec = recovery(FakeNova([]), clock=1000.0 + pipeline.REFENCE_AFTER + 5)
+    assert rec.recover(request()).waiting and cluster["refenced"] == []
+
+
+def test_a_recovering_request_is_not_verified_again(cluster):
+    """After a confirmed fencing the request says "recovering" in the CIB: a restarted cluster, whose fencer has
+    forgotten its history, resumes it without fencing again."""
+    cluster["fenced"] = False
+    nova = FakeNova([])
+    rec = recovery(nova, mode="notify")
+    req = request(mode="notify").moved_to("recovering", "fencing confirmed", host="compute1")
+    step = rec.recover(req)
+    assert step.request.note == pipeline.NOTIFIED and cluster["refenced"] == []
 
 
 def test_notify_mode_repairs_hands_over_once_and_waits_for_release(cluster):

@@ -15,6 +15,9 @@ from crashup_lib.pacemaker import RecoveryRequest
 LOG = log.get("recovery")
 #: how long fencing may take to be confirmed before an event says it was not (Pacemaker's default stonith-timeout)
 FENCING_GRACE = 60.0
+#: a pending request with no fencing recorded, successful or in flight, for this long: fence the node again. This is
+#: what a full cluster restart leaves (the fencer keeps its history in memory): a fresh fencing is the only proof.
+REFENCE_AFTER = 15.0
 NOTIFIED = "notified: waiting for release"
 STORM = "storm guard: automatic evacuation stopped"
 
@@ -33,6 +36,7 @@ class Recovery:
         self.nova = nova
         self.emitter = emitter
         self.clock = clock
+        self._refenced_at: dict[str, float] = {}
         # <= 2.94 keeps each server's power state through evacuation; 2.95 leaves them all SHUTOFF
         self.microversion = microversion or ("2.94" if cfg.keep_power_state else "2.95")
 
@@ -40,13 +44,14 @@ class Recovery:
     def recover(self, req: RecoveryRequest) -> Step:
         if not req.open:
             return Step(req, False, f"{req.node}: recovery already {req.state}")
-        fenced = pacemaker.fenced_since(req.node, req.fenced_at)
-        if fenced is None:
-            return self._unconfirmed(req)
-        host = req.host or self._host(req.node)
-        if req.state == "pending" or req.host != host:
+        if req.state == "pending":
+            # never a step before the power-off is proven; "recovering" in the CIB then is that proof, kept
+            fenced = pacemaker.fenced_since(req.node, req.fenced_at)
+            if fenced is None:
+                return self._unconfirmed(req)
             req = self._save(req.moved_to("recovering", f"fencing confirmed ({fenced.action} by {fenced.delegate})",
-                                          host=host))
+                                          host=self._host(req.node)))
+        host = req.host or self._host(req.node)
         if req.mode == "notify" and req.note == NOTIFIED:
             return Step(req, True, f"{req.node}: notified, waiting for release")
         if req.note == STORM:
@@ -69,6 +74,17 @@ class Recovery:
 
     def _unconfirmed(self, req: RecoveryRequest) -> Step:
         age = self.clock() - req.fenced_at
+        recently = self.clock() - self._refenced_at.get(req.node, float("-inf")) < FENCING_GRACE
+        if age > REFENCE_AFTER and not recently and not pacemaker.fencing_in_flight(req.node):
+            self._refenced_at[req.node] = self.clock()
+            LOG.warning("%s: no fencing recorded since the request (history lost in a cluster restart?): "
+                        "fencing it again", req.node)
+            try:
+                pacemaker.request_fencing(req.node)     # the level records the request anew: fenced_at moves on
+            except pacemaker.PacemakerError as e:
+                LOG.warning("%s: fencing again failed: %s", req.node, e)
+            req = pacemaker.request(req.node) or req
+            age = self.clock() - req.fenced_at
         if age > FENCING_GRACE and not req.note.startswith("fencing not confirmed"):
             reason = f"no successful fencing of {req.node} recorded since {time.ctime(req.fenced_at)}"
             self._emit("crashup.host.fencing_unconfirmed", req.host or req.node,

@@ -245,6 +245,8 @@ def up_controller(timeout: float = 60, keep_cib: bool = False) -> dict[str, floa
     On any later failure the started parts stay up for inspection: call down().  Returns phase timings (s)."""
     clock = _Clock("controller")
     running = pids_named(DAEMONS)
+    if keep_cib:                       # a restart: the compute nodes' remoteds keep running, the cluster reconnects
+        running.pop("pacemaker-remoted", None)
     if running:
         names = ", ".join(f"{n} (pid {' '.join(map(str, p))})" for n, p in sorted(running.items()))
         raise LabBusy(f"refusing to start: already running: {names}; a new pacemakerd would adopt stale daemons"
