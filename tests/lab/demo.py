@@ -66,7 +66,7 @@ def main() -> int:
         say(f"   Pacemaker lost {victim.name} after {lost - crash:.2f}s")
         st = pacemaker.wait_for(lambda s: s.fenced(victim.name, since), 60, f"{victim.name} fenced")
         fenced = time.monotonic()
-        timeline.append(("lost -> fenced (fence_crashup_ipmi, confirmed off)", fenced - lost))
+        timeline.append(("lost -> fenced (IPMI off confirmed, nova forced-down, request recorded)", fenced - lost))
         event = st.fenced(victim.name, since)[-1]
         say(f"   fenced: {event.action} of {victim.name} {event.state}, by {event.delegate}, "
             f"{fenced - lost:.2f}s after the loss")
