@@ -76,10 +76,10 @@ def crashup_run(conn, node):
     pacemaker.wait_for(lambda st: st.fenced(node.name, since), 120, f"{node.name} fenced", interval=0.1)
     fenced = time.monotonic()
     end = wait_active_elsewhere(conn, ids, node.nova_host)
-    delete_all(conn)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while lab.recovery_request(node).state != "done" and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.2)
+    delete_all(conn)
     lab.rejoin(node)
     return lost - crash, fenced - lost, end - fenced, end - crash
 

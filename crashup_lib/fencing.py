@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import getopt
 import logging
-import os
 import re
 import shlex
 import subprocess
@@ -465,7 +464,7 @@ class FenceAgent:
                     self.close(req)
         except FenceError as e:
             return self._fail(str(e))
-        except deadline.DeadlineExceeded as e:
+        except deadline.DeadlineExceeded:
             return self._fail(f"Timed out: {action} did not finish within the {budget:g}s deadline")
         except KeyboardInterrupt:
             return self._fail(f"{action} interrupted")

@@ -19,6 +19,25 @@ def agent_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.3):
+    """Poll `check` until it returns something true; fail naming `what` and the last answer."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
 @dataclasses.dataclass
 class Result:
     returncode: int

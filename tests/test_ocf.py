@@ -1,5 +1,4 @@
 """The OCF framework, through a real agent process, checked by Pacemaker's and pcs's own validators."""
-import os
 import signal
 import subprocess
 import time

@@ -128,3 +128,20 @@ def test_closed_requests_and_old_failures_do_not_count_towards_a_storm(cluster):
     cluster["requests"]["compute3"] = request("compute3", fenced_at=100.0)     # outside the window
     rec = recovery(FakeNova([]), storm_max_hosts=2, storm_max_fraction=0.5)
     assert rec._storm(request(fenced_at=1995.0)) is None
+
+
+def test_an_instance_deleted_during_recovery_is_finished_not_failed():
+    from crashup_lib import nova as nova_api
+    from crashup_lib.recovery.evacuate import Evacuator
+
+    class Gone:
+        def migrations(self, **kw):
+            return []
+
+        def server(self, server_id):
+            raise nova_api.NovaNotFound("server", server_id, "no such server", 404)
+
+    step = types.SimpleNamespace(server_id="x", name="x", target=None, after="none")
+    outcomes = Evacuator(Gone(), source_host="compute1", fenced_at=1000).run(
+        [types.SimpleNamespace(steps=(step,))])
+    assert [(o.result, o.reason) for o in outcomes] == [("deleted", "deleted by its owner during the recovery")]

@@ -27,7 +27,7 @@ ATTEMPTS = 3
 class Outcome:
     server_id: str
     name: str
-    result: str                      # evacuated | already_moved | failed
+    result: str                      # evacuated | already_moved | deleted | failed
     target_host: str | None
     duration_s: float
     attempts: int
@@ -91,7 +91,11 @@ class Evacuator:
         to_start = []
         for step in steps:
             track = _Track(step, time.monotonic())
-            server = self.nova.server(step.server_id)
+            try:
+                server = self.nova.server(step.server_id)
+            except nova_api.NovaNotFound:
+                done.append(self._finish(track, "deleted", None, "deleted by its owner during the recovery"))
+                continue
             if server.host and server.host != self.source:
                 done.append(self._finish(track, "already_moved", server.host, "not on the failed host any more"))
                 continue
@@ -154,6 +158,8 @@ class Evacuator:
             return None
         try:
             server = self.nova.server(step.server_id)
+        except nova_api.NovaNotFound:
+            return self._finish(track, "deleted", None, "deleted by its owner during the recovery")
         except nova_api.NovaError as e:
             LOG.warning("%s: reading the server failed: %s", step.name, e)
             return None

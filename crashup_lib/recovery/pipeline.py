@@ -149,11 +149,13 @@ class Recovery:
         outcomes = evacuator.run(the_plan.waves)
         failed = [o for o in outcomes if o.result == "failed"]
         moved = [o for o in outcomes if o.result in ("evacuated", "already_moved")]
+        gone = [o for o in outcomes if o.result == "deleted"]
         self._emit("crashup.host.recovered", host,
                    {"host": host, "node": req.node, "mode": req.mode, "evacuated": len(moved),
-                    "failed": len(failed), "skipped": len(the_plan.skipped),
+                    "failed": len(failed), "skipped": len(the_plan.skipped) + len(gone),
                     "duration_s": round(self.clock() - started, 2)})
-        note = f"{len(moved)} evacuated, {len(failed)} failed, {len(the_plan.skipped)} skipped"
+        note = f"{len(moved)} evacuated, {len(failed)} failed, {len(the_plan.skipped)} skipped" + \
+            (f", {len(gone)} deleted meanwhile" if gone else "")
         req = self._save(req.moved_to("done", note))
         return Step(req, False, f"{req.node}: recovery done: {note}")
 

@@ -97,3 +97,14 @@ def test_a_failed_node_is_seen_lost_fenced_through_ipmi_and_comes_back(lab, node
         assert commands.count("off") == 1
     wait_all_online(lab)
     assert lab.nova().get_state()["computes"][target.nova_host] is True       # the host booted again
+
+
+def test_pacemaker_validates_crashups_installed_agents(lab):
+    result = subprocess.run(["crm_resource", "--validate", "--class", "ocf", "--provider", "crashup", "--agent",
+                             "crashup", "--option", f"config={lab.CRASHUP_CONF}"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for agent in ("fence_crashup_ipmi", "fence_crashup_nova"):
+        meta = subprocess.run(["stonith_admin", "--metadata", "--agent", agent], capture_output=True, text=True,
+                              timeout=60)
+        assert meta.returncode == 0 and f'<resource-agent name="{agent}"' in meta.stdout

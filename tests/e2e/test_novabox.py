@@ -5,12 +5,13 @@ Needs the nova venv (tests/lab/nova_env.ensure_nova_venv(); the fixture installs
 """
 from __future__ import annotations
 
-import socket
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+
+from tests.helpers import free_port, wait_for
 
 from tests.lab import nova_env
 from tests.lab.nova_env import NovaBox, NovaBoxError
@@ -30,23 +31,6 @@ HOSTS = ["compute1", "compute2", "compute3"]
 MV = "2.95"              # >= 2.74 (host= at boot), >= 2.53 (forced_down); evacuated servers end SHUTOFF
 REPORT_INTERVAL = 1
 SERVICE_DOWN_TIME = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.3):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")

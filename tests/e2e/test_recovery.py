@@ -196,7 +196,7 @@ def test_notify_mode_hands_the_host_over_and_evacuates_nothing(lab, notify_mode)
     ids = boot(lab, node.nova_host, 2, "notify")
     since = time.time()
     lab.fail(node, "crash")
-    req = wait_request(lab, node, ("recovering",), since)
+    wait_request(lab, node, ("recovering",), since)
     limit = time.monotonic() + 60
     while lab.recovery_request(node).note != "notified: waiting for release" and time.monotonic() < limit:
         time.sleep(0.5)
@@ -217,8 +217,16 @@ def test_notify_mode_hands_the_host_over_and_evacuates_nothing(lab, notify_mode)
     time.sleep(3)
     assert all(not m for m in evacuations(lab, ids).values())
     assert lab.recovery_request(node).open and lab.nova().get_state()["computes"][node.nova_host] is False
-    result = subprocess.run([str(lab.REPO / ".venv" / "bin" / "crashup"), "--config", str(lab.CRASHUP_CONF),
-                             "release", node.name], capture_output=True, text=True, timeout=60)
+    crashup = [str(lab.REPO / ".venv" / "bin" / "crashup"), "--config", str(lab.CRASHUP_CONF)]
+    plan = subprocess.run(crashup + ["plan", node.nova_host, "--json"], capture_output=True, text=True, timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    assert sorted(step["server_id"] for step in json.loads(plan.stdout)["steps"]) == sorted(ids)
+    listed = subprocess.run(crashup + ["events"], capture_output=True, text=True, timeout=60)
+    assert "crashup.host.failed" in listed.stdout and node.nova_host in listed.stdout
+    status = subprocess.run(crashup + ["status"], capture_output=True, text=True, timeout=60)
+    assert any(line.startswith(node.name) and "recovering" in line and "notify" in line
+               for line in status.stdout.splitlines()), status.stdout
+    result = subprocess.run(crashup + ["release", node.name], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "recovery released" in result.stdout
     rejoin_and_clean(lab, node)
 
@@ -237,6 +245,7 @@ def test_daemon_killed_mid_recovery_the_next_one_finishes_without_duplicates(lab
     pid = int((lab.DAEMON_DIR / "daemon.pid").read_text())
     os.kill(pid, signal.SIGKILL)                         # Pacemaker's monitor notices, and starts a new one
     req = wait_request(lab, node, ("done",), since, timeout=300)
+    assert req.note.startswith("30 evacuated, 0 failed")
     assert int((lab.DAEMON_DIR / "daemon.pid").read_text()) != pid
     assert_recovered_exactly_once(lab, node, ids)
     rejoin_and_clean(lab, node)
@@ -288,5 +297,52 @@ def test_open_request_survives_a_full_cluster_restart_and_gets_finished(lab):
                        timeout=90)
     req = wait_request(lab, node, ("done",), since)
     assert req.note.startswith("2 evacuated, 0 failed")
+    assert_recovered_exactly_once(lab, node, ids)
+    rejoin_and_clean(lab, node)
+
+
+def fence_nova(lab, node, action):
+    text = f"action={action}\nport={node.name}\nnodename={node.name}\nconfig_file={lab.CRASHUP_CONF}\n"
+    return subprocess.run(["/usr/sbin/fence_crashup_nova"], input=text, capture_output=True, text=True, timeout=60)
+
+
+def test_fence_nova_status_and_unfencing_follow_the_recovery(lab):
+    node = lab.node("compute2")
+    subprocess.run(["pcs", "resource", "disable", "crashup", "--wait=60"], check=True, capture_output=True,
+                   timeout=90)
+    try:
+        ids = boot(lab, node.nova_host, 1, "unfence")
+        since = time.time()
+        lab.fail(node, "crash")
+        wait_request(lab, node, ("pending",), since)
+        assert fence_nova(lab, node, "status").returncode == 2            # OFF: forced down
+        on = fence_nova(lab, node, "on")
+        assert on.returncode == 0 and "stays forced down" in on.stdout     # recovery open: never unfenced
+        assert lab.connection().compute.find_service(node.nova_host, binary="nova-compute").is_forced_down
+    finally:
+        subprocess.run(["pcs", "resource", "enable", "crashup", "--wait=60"], check=True, capture_output=True,
+                       timeout=90)
+    wait_request(lab, node, ("done",), since)
+    assert_recovered_exactly_once(lab, node, ids)
+    on = fence_nova(lab, node, "on")                   # done, but nova refuses until the host has cleaned up
+    assert on.returncode == 0 and "kept until its nova-compute has cleaned up" in on.stdout
+    rejoin_and_clean(lab, node)
+    assert fence_nova(lab, node, "status").returncode == 0                # ON again
+
+
+def test_nova_timing_out_during_evacuation_never_evacuates_twice(lab):
+    """An evacuate call that times out may still be carried out by nova: the retry must not make it twice."""
+    node = lab.node("compute3")
+    ids = boot(lab, node.nova_host, 1, "slow")
+    box = lab.nova()
+    box.add_fault(r"POST .*/servers/.*/action", status=None, delay=23, count=1, body_match="evacuate")
+    since = time.time()
+    try:
+        lab.fail(node, "crash")
+        req = wait_request(lab, node, ("done",), since, timeout=240)
+    finally:
+        box.clear_faults()
+    assert req.note.startswith("1 evacuated, 0 failed")
+    time.sleep(25)                                     # the delayed original call reaches nova too, late
     assert_recovered_exactly_once(lab, node, ids)
     rejoin_and_clean(lab, node)
