@@ -19,7 +19,8 @@ BIN_DIR ?= /usr/local/bin
 DEBS := pacemaker pacemaker-cli-utils pcs corosync resource-agents fence-agents crmsh libxml2-utils ipmitool \
         iproute2 util-linux procps python3-venv
 
-.PHONY: all deps venv nova-venv test unit lab-test demo install uninstall bench lab-up lab-down lab-status clean
+.PHONY: all deps venv nova-venv test unit lab-test demo install uninstall bench bench-recovery lab-up lab-down \
+        lab-status clean
 
 all: venv
 
@@ -66,6 +67,10 @@ lab-status: venv
 bench: deps venv
 	$(PY) bench/startup.py
 	$(PY) bench/fence_ipmi.py
+
+# host recovery of 50 instances in the lab, against nova alone (root, ~6 min)
+bench-recovery: deps venv nova-venv
+	$(PY) bench/recovery.py
 
 # The library goes into its own virtualenv; agents keep `#!/usr/bin/env python3` in the tree and get that venv's
 # interpreter as their shebang here, so Pacemaker (which runs them by path, with its own PATH) finds the library.
