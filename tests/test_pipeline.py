@@ -138,8 +138,8 @@ def test_an_instance_deleted_during_recovery_is_finished_not_failed():
         def migrations(self, **kw):
             return []
 
-        def server(self, server_id):
-            raise nova_api.NovaNotFound("server", server_id, "no such server", 404)
+        def evacuate(self, server_id, target_host=None, microversion=None):
+            raise nova_api.NovaNotFound("evacuate", server_id, "no such server", 404)
 
     step = types.SimpleNamespace(server_id="x", name="x", target=None, after="none")
     outcomes = Evacuator(Gone(), source_host="compute1", fenced_at=1000).run(
