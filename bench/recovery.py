@@ -90,8 +90,8 @@ def main():
     lab.up(quiet=True)
     try:
         conn = lab.connection()
-        calls, nova_time = baseline(conn, lab.node("compute2"))
         detect, fence, recover, total = crashup_run(conn, lab.node("compute1"))
+        calls, nova_time = baseline(conn, lab.node("compute2"))
     finally:
         lab.down(quiet=True)
     print(f"host recovery, {N} instances, lab of 3 compute nodes (one process of real nova, 2 cores)")

@@ -17,6 +17,7 @@ from crashup_lib import log, pacemaker
 LOG = log.get("daemon")
 WATCH_INTERVAL = 0.5
 RETRY_PAUSE = 2.0
+FENCING_POLL = 0.25
 
 
 class Daemon:
@@ -76,6 +77,9 @@ class Daemon:
                 LOG.info("%s", step.summary)
                 if not step.request.open:
                     return
+                if step.request.state == "pending":          # fencing about to be confirmed: look again soon
+                    self.stop_event.wait(FENCING_POLL)
+                    continue
             except Exception as e:                 # nova down, CIB busy: the request stays, we try again
                 LOG.warning("%s: recovery step failed: %s: %s; retrying in %gs", node, type(e).__name__, e,
                             RETRY_PAUSE)

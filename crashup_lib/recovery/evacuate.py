@@ -101,12 +101,15 @@ class Evacuator:
                 LOG.info("%s: evacuation already in flight, following it", step.name)
             else:
                 to_start.append(track)
+        issuing = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max(1, self.concurrency)) as pool:
             for track, error in zip(to_start, pool.map(self._evacuate, to_start)):
                 if error is not None:
                     result = "deleted" if error == DELETED else "failed"
                     done.append(self._finish(track, result, None, error))
                     tracks.pop(track.step.server_id, None)
+        LOG.info("%d evacuate calls issued in %.2fs (%d at a time)", len(to_start), time.monotonic() - issuing,
+                 self.concurrency)
         while tracks:
             time.sleep(self.poll_interval)
             try:
