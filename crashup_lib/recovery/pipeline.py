@@ -148,8 +148,10 @@ class Recovery:
                               on_outcome=report)
         outcomes = evacuator.run(the_plan.waves)
         failed = [o for o in outcomes if o.result == "failed"]
-        moved = [o for o in outcomes if o.result in ("evacuated", "already_moved")]
         gone = [o for o in outcomes if o.result == "deleted"]
+        # counted from nova's ledger, not this run's outcomes: a recovery resumed after a failover reports all of it
+        moved = self._evacuated_since(host, req.fenced_at) | {o.server_id for o in outcomes
+                                                               if o.result in ("evacuated", "already_moved")}
         self._emit("crashup.host.recovered", host,
                    {"host": host, "node": req.node, "mode": req.mode, "evacuated": len(moved),
                     "failed": len(failed), "skipped": len(the_plan.skipped) + len(gone),
@@ -160,6 +162,16 @@ class Recovery:
         return Step(req, False, f"{req.node}: recovery done: {note}")
 
     # --- helpers -----------------------------------------------------------------------------------------------
+    def _evacuated_since(self, host: str, fenced_at: float) -> set[str]:
+        from crashup_lib.recovery.evacuate import _ts
+        try:
+            migrations = self.nova.migrations(source_compute=host, migration_type="evacuation")
+        except Exception as e:                   # a summary is not worth failing a finished recovery for
+            LOG.warning("counting evacuations of %s failed: %s", host, e)
+            return set()
+        return {m.server_id for m in migrations if m.status in ("done", "completed")
+                and _ts(m.created_at) >= int(fenced_at) - 1}
+
     def _failed_payload(self, req, host, servers, repairs) -> dict:
         return {"host": host, "node": req.node, "fenced_at": req.fenced_at, "mode": req.mode,
                 "instances": [{"id": s.id, "name": s.name, "status": s.status, "task_state": s.task_state,

@@ -95,8 +95,14 @@ def test_a_failed_node_is_seen_lost_fenced_through_ipmi_and_comes_back(lab, node
     assert "off" in commands and not {"reset", "cycle"} & set(commands)       # off, confirmed, then on
     if how != "power":                      # the BMC was asked for exactly one off: by fencing
         assert commands.count("off") == 1
+    # the host boots again, but nova-compute stays down until its (here empty) recovery is done and it rejoins
+    limit = time.monotonic() + 60
+    while (lab.recovery_request(target) is None or lab.recovery_request(target).open) and time.monotonic() < limit:
+        time.sleep(0.5)
+    assert lab.recovery_request(target).state == "done"
+    lab.rejoin(target)
     wait_all_online(lab)
-    assert lab.nova().get_state()["computes"][target.nova_host] is True       # the host booted again
+    assert lab.nova().get_state()["computes"][target.nova_host] is True
 
 
 def test_pacemaker_validates_crashups_installed_agents(lab):
