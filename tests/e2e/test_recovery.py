@@ -344,7 +344,8 @@ def test_fence_nova_status_and_unfencing_follow_the_recovery(lab):
         assert fence_nova(lab, node, "status").returncode == 2            # OFF: forced down
         on = fence_nova(lab, node, "on")
         assert on.returncode == 0 and "stays forced down" in on.stdout     # recovery open: never unfenced
-        assert lab.connection().compute.find_service(node.nova_host, binary="nova-compute").is_forced_down
+        assert next(s for s in lab.connection().compute.services()
+                    if s.host == node.nova_host and s.binary == "nova-compute").is_forced_down
     finally:
         subprocess.run(["pcs", "resource", "enable", "crashup", "--wait=60"], check=True, capture_output=True,
                        timeout=90)
