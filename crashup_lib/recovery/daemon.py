@@ -30,9 +30,14 @@ class Daemon:
         self._nova_factory = nova_factory
         self._emitter = emitter
         self._recovery = None
+        self._recovery_lock = threading.Lock()
 
     def recovery(self):
-        """The pipeline with its clients, made once (importing the OpenStack client costs time)."""
+        """The pipeline with its clients, made once, shared by the workers (building clients costs time)."""
+        with self._recovery_lock:
+            return self._make_recovery()
+
+    def _make_recovery(self):
         if self._recovery is None:
             from crashup_lib.recovery import events
             from crashup_lib.recovery.pipeline import Recovery
