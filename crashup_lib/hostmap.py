@@ -47,19 +47,8 @@ def resolve(node: str, nova_hosts: Iterable[str], explicit: Mapping[str, str] | 
         return host
     # a host the map gives to another node is that node's, whatever its name looks like
     claimed = {h: n for n, h in explicit.items()}
-    free = [h for h in hosts if h not in claimed]
-    if node in free:
-        return node
-    candidates = [h for h in free if _same_machine(node, h)]
-    if len(candidates) == 1:
-        return candidates[0]
-    if candidates:
-        raise HostMapError(f"node {node!r} matches several nova-compute hosts by name: {_listing(candidates)}; "
-                           f"map it explicitly in host_map")
-    taken = [f"{h!r} is mapped to node {claimed[h]!r}" for h in hosts if h in claimed and _same_machine(node, h)]
-    hint = f" ({'; '.join(taken)} by host_map)" if taken else ""
-    raise HostMapError(f"node {node!r} matches no nova-compute host{hint}; known hosts: {_listing(hosts)}; "
-                       f"map it in host_map")
+    return _by_name(node, hosts, claimed, subject=f"node {node!r}", several="nova-compute hosts",
+                    one="nova-compute host", known="hosts", owner="node", fix="map it explicitly")
 
 
 def node_for_host(host: str, nodes: Iterable[str], explicit: Mapping[str, str] | None = None) -> str:
@@ -75,16 +64,22 @@ def node_for_host(host: str, nodes: Iterable[str], explicit: Mapping[str, str] |
                                f"Pacemaker node (known: {_listing(nodes)})")
         return mapped[0]
     # a node with an explicit entry belongs to the host named there
-    free = [n for n in nodes if n not in explicit]
-    if host in free:
-        return host
-    candidates = [n for n in free if _same_machine(host, n)]
+    return _by_name(host, nodes, explicit, subject=f"nova host {host!r}", several="Pacemaker nodes",
+                    one="Pacemaker node", known="nodes", owner="host", fix="map them explicitly")
+
+
+def _by_name(name: str, pool: list[str], claimed: Mapping[str, str], *, subject: str, several: str, one: str,
+             known: str, owner: str, fix: str) -> str:
+    """The one member of `pool` named like `name` (exactly, else by short name), ignoring members `claimed` by the
+    explicit map; HostMapError naming the candidates or the known names otherwise."""
+    free = [p for p in pool if p not in claimed]
+    if name in free:
+        return name
+    candidates = [p for p in free if _same_machine(name, p)]
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
-        raise HostMapError(f"nova host {host!r} matches several Pacemaker nodes by name: {_listing(candidates)}; "
-                           f"map them explicitly in host_map")
-    taken = [f"{n!r} is mapped to host {explicit[n]!r}" for n in nodes if n in explicit and _same_machine(host, n)]
+        raise HostMapError(f"{subject} matches several {several} by name: {_listing(candidates)}; {fix} in host_map")
+    taken = [f"{p!r} is mapped to {owner} {claimed[p]!r}" for p in pool if p in claimed and _same_machine(name, p)]
     hint = f" ({'; '.join(taken)} by host_map)" if taken else ""
-    raise HostMapError(f"nova host {host!r} matches no Pacemaker node{hint}; known nodes: {_listing(nodes)}; "
-                       f"map it in host_map")
+    raise HostMapError(f"{subject} matches no {one}{hint}; known {known}: {_listing(pool)}; map it in host_map")
