@@ -38,6 +38,17 @@ def wait_for(what: str, check, timeout: float = 60.0, interval: float = 0.3):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
+def standalone_nova_box(tmp_path_factory, name: str, hosts, report_interval: int, service_down_time: int):
+    """A real nova box of its own on 127.0.0.1 free ports (tests that need nova but not the whole lab)."""
+    from tests.lab import nova_env
+    nova_env.ensure_nova_venv()
+    d = tmp_path_factory.mktemp(name)
+    box = nova_env.NovaBox()
+    box.start("127.0.0.1", free_port(), free_port(), hosts, d / "state", d / "nova.log", timeout=120,
+              report_interval=report_interval, service_down_time=service_down_time, exit_with_parent=True)
+    return box
+
+
 @dataclasses.dataclass
 class Result:
     returncode: int

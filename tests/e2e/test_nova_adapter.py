@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, standalone_nova_box, wait_for
 from keystoneauth1 import session as ks_session
 from keystoneauth1 import token_endpoint
 
@@ -18,7 +18,6 @@ from crashup_lib import nova as nova_mod
 from crashup_lib.nova import (EVACUATE_KEEP_POWER, Nova, NovaBadRequest, NovaConflict, NovaError, NovaNotFound,
                               NovaUnavailable)
 from tests.lab import nova_env
-from tests.lab.nova_env import NovaBox
 
 pytestmark = pytest.mark.lab
 
@@ -30,11 +29,7 @@ BOOT_MV = "2.74"          # host= at boot (2.74), networks "none" (2.37), tags a
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
-    nova_env.ensure_nova_venv()
-    d = tmp_path_factory.mktemp("novabox-adapter")
-    b = NovaBox()
-    b.start("127.0.0.1", free_port(), free_port(), HOSTS, d / "state", d / "nova.log", timeout=120,
-            report_interval=REPORT_INTERVAL, service_down_time=SERVICE_DOWN_TIME, exit_with_parent=True)
+    b = standalone_nova_box(tmp_path_factory, "novabox-adapter", HOSTS, REPORT_INTERVAL, SERVICE_DOWN_TIME)
     yield b
     b.stop()
 

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, standalone_nova_box, wait_for
 
 from tests.lab import nova_env
 from tests.lab.nova_env import NovaBox, NovaBoxError
@@ -35,11 +35,7 @@ SERVICE_DOWN_TIME = 6
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
-    nova_env.ensure_nova_venv()
-    d = tmp_path_factory.mktemp("novabox")
-    b = NovaBox()
-    b.start("127.0.0.1", free_port(), free_port(), HOSTS, d / "state", d / "nova.log", timeout=120,
-            report_interval=REPORT_INTERVAL, service_down_time=SERVICE_DOWN_TIME, exit_with_parent=True)
+    b = standalone_nova_box(tmp_path_factory, "novabox", HOSTS, REPORT_INTERVAL, SERVICE_DOWN_TIME)
     yield b
     t0 = time.monotonic()
     b.stop()

@@ -1,5 +1,6 @@
 """Host recovery in the real lab: a compute node fails, it is fenced through its two-device level (IPMI, then
 nova), and crashup's daemon brings its instances back elsewhere, exactly once; or hands them over (notify mode)."""
+import contextlib
 import hashlib
 import hmac
 import http.server
@@ -20,6 +21,21 @@ pytestmark = pytest.mark.lab
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
+
+def set_daemon(enabled: bool, check: bool = True):
+    subprocess.run(["pcs", "resource", "enable" if enabled else "disable", "crashup", "--wait=60"], check=check,
+                   capture_output=True, timeout=90)
+
+
+@contextlib.contextmanager
+def daemon_stopped():
+    """No recovery daemon inside the block: recovery requests can only wait."""
+    set_daemon(False)
+    try:
+        yield
+    finally:
+        set_daemon(True)
+
 
 def boot(lab, host, count, prefix):
     """Boot `count` servers on `host`. A build the scheduler refused because a just-rejoined host's first heartbeat
@@ -115,7 +131,7 @@ def tidy(lab):
     yield
     from crashup_lib.recovery import pipeline
     lab.nova().clear_faults()
-    subprocess.run(["pcs", "resource", "enable", "crashup", "--wait=60"], capture_output=True, timeout=90)
+    set_daemon(True, check=False)
     for node in lab.nodes():
         req = lab.recovery_request(node)
         if req is not None and req.open:
@@ -306,9 +322,7 @@ def test_nova_failing_during_evacuation_is_retried_then_reported(lab):
 
 def test_open_request_survives_a_full_cluster_restart_and_gets_finished(lab):
     node = lab.node("compute3")
-    subprocess.run(["pcs", "resource", "disable", "crashup", "--wait=60"], check=True, capture_output=True,
-                   timeout=90)                          # no daemon: the request can only wait
-    try:
+    with daemon_stopped():
         ids = boot(lab, node.nova_host, 2, "restart")
         since = time.time()
         lab.fail(node, "crash")
@@ -318,9 +332,6 @@ def test_open_request_survives_a_full_cluster_restart_and_gets_finished(lab):
         after = lab.recovery_request(node)
         assert after is not None and after.open and after.fenced_at >= before.fenced_at
         assert all(not m for m in evacuations(lab, ids).values())
-    finally:
-        subprocess.run(["pcs", "resource", "enable", "crashup", "--wait=60"], check=True, capture_output=True,
-                       timeout=90)
     req = wait_request(lab, node, ("done",), since)
     assert req.note.startswith("2 evacuated, 0 failed")
     assert_recovered_exactly_once(lab, node, ids)
@@ -334,9 +345,7 @@ def fence_nova(lab, node, action):
 
 def test_fence_nova_status_and_unfencing_follow_the_recovery(lab):
     node = lab.node("compute2")
-    subprocess.run(["pcs", "resource", "disable", "crashup", "--wait=60"], check=True, capture_output=True,
-                   timeout=90)
-    try:
+    with daemon_stopped():
         ids = boot(lab, node.nova_host, 1, "unfence")
         since = time.time()
         lab.fail(node, "crash")
@@ -346,9 +355,6 @@ def test_fence_nova_status_and_unfencing_follow_the_recovery(lab):
         assert on.returncode == 0 and "stays forced down" in on.stdout     # recovery open: never unfenced
         assert next(s for s in lab.connection().compute.services()
                     if s.host == node.nova_host and s.binary == "nova-compute").is_forced_down
-    finally:
-        subprocess.run(["pcs", "resource", "enable", "crashup", "--wait=60"], check=True, capture_output=True,
-                       timeout=90)
     wait_request(lab, node, ("done",), since)
     assert_recovered_exactly_once(lab, node, ids)
     on = fence_nova(lab, node, "on")                   # done, but nova refuses until the host has cleaned up
