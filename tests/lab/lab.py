@@ -279,6 +279,12 @@ def all_online(lab_nodes: list[Node]):
     return lambda st: all(st.nodes.get(n.name) and st.nodes[n.name].online for n in lab_nodes)
 
 
+def all_started(st) -> bool:
+    """Every configured resource (remote connections, stonith devices, crashup, clones) active: a lab that reports
+    itself up before its fence devices have started fails the first fencing it is asked for."""
+    return bool(st.resources) and all(r.active for r in st.resources.values())
+
+
 # --- up / down ----------------------------------------------------------------------------------------------------------
 
 def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
@@ -324,9 +330,9 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
                                       "crashup_conf": str(write_crashup_conf())}))
     pacemaker.push_config(pcs_commands(lab_nodes))
     t.mark("Pacemaker configuration pushed")
-    pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and st.resources.get("crashup") is not None
-                       and st.resources["crashup"].active, 60, "every compute node online, recovery daemon running")
-    t.mark("every compute node online, crashup's recovery daemon running")
+    pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and "crashup" in st.resources and all_started(st),
+                       60, "every compute node online, every resource started")
+    t.mark("every compute node online, every fence device and crashup's recovery daemon started")
     return t
 
 
