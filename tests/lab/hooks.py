@@ -1,8 +1,8 @@
 """What a BMC's power change does to its lab node (run by the BMC simulator: `python -m tests.lab.hooks off NODE`).
 
 off: the host loses power: its pacemaker-remoted dies, its nova-compute stops and its guests are gone.
-on:  the host boots: its link comes up (a boot resets a cut NIC), a fresh /run, pacemaker-remoted starts; nova-compute starts too, as the host's init would
-     (crashup's compute-node agent takes that over once it exists).
+on:  the host boots: its link comes up (a boot resets a cut NIC), a fresh /run, pacemaker-remoted starts. nova-compute
+     is Pacemaker's to start (ocf:crashup:nova-compute), once the host's recovery is finished.
 """
 import sys
 
@@ -24,14 +24,6 @@ def main(argv: list[str]) -> int:
     else:
         pacemaker.link(n, True)
         pacemaker.start_remoted(n, fresh_run=True)
-        req = lab.recovery_request(n)
-        if req is not None and req.open:
-            print(f"hooks: {n.name} recovery {req.state}: nova-compute stays down", file=sys.stderr)
-            return 0
-        try:
-            lab.nova().start_compute(n.nova_host)
-        except NovaBoxError as e:                # already running: a power-on of a host that was never down
-            print(f"hooks: nova-compute of {n.name}: {e}", file=sys.stderr)
     return 0
 
 

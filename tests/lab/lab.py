@@ -29,6 +29,9 @@ CRASHUP_CONF = RUN_DIR / "crashup.conf"
 JOURNAL = RUN_DIR / "events.jsonl"
 DAEMON_DIR = pathlib.Path("/run/crashup")     # per host, as in production: nodes have their own /run
 CLOUD = "crashup-lab"
+#: the lab's init system for nova-compute (the box runs every compute; this drives one through its control API)
+COMPUTE_CTL = REPO / "tests" / "lab" / "crlab-compute"
+NOVA_COMPUTE = "nova-compute"                  # the clone's primitive; the clone is NOVA_COMPUTE + "-clone"
 BMC_DIR = RUN_DIR / "bmc"
 NOVA_STATE = RUN_DIR / "nova"
 OCF_DIR = pathlib.Path("/usr/lib/ocf/resource.d/crashup")
@@ -272,6 +275,15 @@ def pcs_commands(lab_nodes: list[Node]) -> list[list[str]]:
         # never probed nor run on a compute node: the daemon belongs on controllers
         commands.append(["constraint", "location", "add", f"crashup-not-on-{n.name}", "crashup", n.name,
                          "-INFINITY", "resource-discovery=never"])
+    ctl = f"{COMPUTE_CTL} http://{topology.BRIDGE_ADDR}:{topology.NOVA_API_PORT}"
+    commands += [
+        ["resource", "create", NOVA_COMPUTE, "ocf:crashup:nova-compute", f"config={CRASHUP_CONF}", "backend=command",
+         f"start_command={ctl} start {{host}}", f"stop_command={ctl} stop {{host}}",
+         f"status_command={ctl} status {{host}}", "heartbeat_cache=5", f"state_dir={DAEMON_DIR}",
+         "op", "start", "timeout=300s", "op", "monitor", "interval=5s", "timeout=20s", "op", "stop", "timeout=60s",
+         "meta", "failure-timeout=20s", "clone", "interleave=true"],
+        ["constraint", "location", "add", f"{NOVA_COMPUTE}-not-on-{topology.CONTROLLER}", f"{NOVA_COMPUTE}-clone",
+         topology.CONTROLLER, "-INFINITY", "resource-discovery=never"]]
     return commands
 
 
@@ -330,8 +342,9 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
                                       "crashup_conf": str(write_crashup_conf())}))
     pacemaker.push_config(pcs_commands(lab_nodes))
     t.mark("Pacemaker configuration pushed")
-    pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and "crashup" in st.resources and all_started(st),
-                       60, "every compute node online, every resource started")
+    pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and "crashup" in st.resources and all_started(st)
+                       and all(compute_running(st, n) for n in lab_nodes),
+                       90, "every compute node online, every resource started")
     t.mark("every compute node online, every fence device and crashup's recovery daemon started")
     return t
 
@@ -341,29 +354,29 @@ def recovery_request(n: Node):
     return cluster.request(n.name)
 
 
-def rejoin(n: Node, timeout: float = 60) -> None:
-    """What crashup's compute-node agent will do (issue 6) once a node's recovery is finished: start nova-compute,
-    wait for its heartbeat (its start cleans up evacuated guests), then clear forced-down, as nova demands."""
-    req = recovery_request(n)
-    if req is not None and req.open:
-        raise LabError(f"{n.name}: recovery still {req.state}; nova-compute must stay down")
-    box = nova()
-    if not box.get_state()["computes"].get(n.nova_host):
-        box.start_compute(n.nova_host)
-    conn = connection()
+def compute_running(st, n: Node) -> bool:
+    """crashup's nova-compute agent runs on node n (as Pacemaker sees it)."""
+    clone = st.resources.get(f"{NOVA_COMPUTE}-clone")
+    return clone is not None and n.name in clone.nodes and not clone.pending
+
+
+def wait_rejoined(n: Node, timeout: float = 120) -> None:
+    """Until node n is back in service, by crashup's own path: its recovery closed, Pacemaker's nova-compute agent
+    started on it (which starts nova-compute and clears forced-down in the order nova demands), and nova sees the
+    service up and not forced down."""
     limit = time.monotonic() + timeout
+    pacemaker.wait_for(lambda st: st.nodes[n.name].online and compute_running(st, n), timeout,
+                       f"{n.name} online with nova-compute started by its agent")
+    conn = connection()
     while True:
-        service = next(s for s in conn.compute.services() if s.host == n.nova_host and s.binary == "nova-compute")
-        if service.is_forced_down:
-            try:
-                conn.compute.update_service_forced_down(service, forced=False)
-            except Exception:                   # nova refuses until the restarted compute has cleaned up
-                pass
-        elif service.state == "up":
+        service = next((s for s in conn.compute.services() if s.host == n.nova_host and s.binary == "nova-compute"),
+                       None)
+        if service is not None and not service.is_forced_down and service.state == "up":
             return
         if time.monotonic() > limit:
-            raise LabError(f"{n.name}: nova-compute not up and enabled after {timeout:g}s")
-        time.sleep(0.5)
+            raise LabError(f"{n.name}: nova-compute not up (forced down: "
+                           f"{getattr(service, 'is_forced_down', None)}) {timeout:g}s after rejoining")
+        time.sleep(0.25)
 
 
 def down(quiet: bool = False) -> Timeline:

@@ -346,6 +346,10 @@ class NovaBox:
         """(Re)start nova-compute on `host` on the same fake hypervisor (init_host runs as at a real boot)."""
         return self.control("POST", f"computes/{host}/start", {})
 
+    def hang_compute(self, host: str) -> dict:
+        """nova-compute on `host` hangs: its process still runs, its heartbeats stop (a stuck service)."""
+        return self.control("POST", f"computes/{host}/hang", {})
+
     def guests(self, host: str | None = None) -> list[str] | dict[str, list[str]]:
         """Instance UUIDs the fake hypervisor of `host` holds; host=None: {host: [uuids]} for all hosts."""
         if host is None:

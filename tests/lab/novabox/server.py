@@ -27,6 +27,8 @@ Control API (test side channel, not nova), JSON in and out, under http://<bind>:
     POST   /novabox/computes/<host>/start       (re)start nova-compute on the same fake hypervisor (a new
                                                 ComputeManager: init_host runs, e.g. destroys evacuated guests);
                                                 an unknown host is added as a new compute
+    POST   /novabox/computes/<host>/hang        nova-compute hangs: its process "runs"
+                                                (running: true) but sends no more heartbeats
     GET    /novabox/computes/<host>/guests      {"host", "running", "guests": [uuid...], "power_states": {uuid: s}}
                                                 what that host's fake hypervisor holds
     GET    /novabox/guests                      {"guests": {host: [uuid...]}} for all hosts
@@ -343,6 +345,19 @@ def _patch_skip_unused_allocation_reads():
         get_allocations_for_provider_tree)
 
 
+def _patch_hangable_heartbeat():
+    """A compute marked `_novabox_hung` (control API: hang) stops reporting
+    its heartbeat while its process "runs": a stuck nova-compute."""
+    from nova.servicegroup.drivers import db
+    orig = db.DbDriver._report_state
+
+    def _report_state(self, service):
+        if getattr(service, '_novabox_hung', False):
+            return
+        return orig(self, service)
+    db.DbDriver._report_state = _report_state
+
+
 # ---------------------------------------------------------------------------
 # The "test case" that builds the cloud (never run as a test)
 # ---------------------------------------------------------------------------
@@ -477,6 +492,7 @@ def build():
         _patch_fake_transport()
     if not ARGS.all_placement_reads:
         _patch_skip_unused_allocation_reads()
+    _patch_hangable_heartbeat()
     box = box_class('runTest')
     t0 = time.time()
     box.setUp()
@@ -528,6 +544,13 @@ def make_control(box, info, faults):
     def compute_action(host, action, body):
         with lock:
             svc = box.computes.get(host)
+            if action == 'hang':
+                if not _running(svc):
+                    return '409 Conflict', {'error': 'not running'}
+                svc._novabox_hung = True
+                LOG.info('novabox: nova-compute %s hung (no more heartbeats)',
+                         host)
+                return '200 OK', {'host': host, 'action': action}
             if action == 'stop':
                 if not _running(svc):
                     if svc is not None and body.get('power_off'):
@@ -585,7 +608,7 @@ def make_control(box, info, faults):
                     h: list(_driver_guests(s))
                     for h, s in sorted(box.computes.items())}})
             if (len(path) == 3 and path[0] == 'computes' and
-                    method == 'POST' and path[2] in ('stop', 'start')):
+                    method == 'POST' and path[2] in ('stop', 'start', 'hang')):
                 code, res = compute_action(path[1], path[2], body)
                 return reply(start_response, code, res)
             if (len(path) == 3 and path[0] == 'computes' and
