@@ -11,7 +11,7 @@ FENCE_AGENTS = sorted((REPO / "fence").glob("fence_*"))
 
 
 def test_there_are_agents_to_check():
-    assert [p.name for p in OCF_AGENTS] == ["crashup"]
+    assert [p.name for p in OCF_AGENTS] == ["crashup", "nova-compute"]
     assert [p.name for p in FENCE_AGENTS] == ["fence_crashup_ipmi", "fence_crashup_nova"]
 
 

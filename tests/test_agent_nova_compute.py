@@ -1,0 +1,118 @@
+"""agents/nova-compute as Pacemaker runs it (a fresh process, parameters in the environment), with its two outside
+boundaries faked: the CIB (a `cibadmin` on PATH answering a recovery request) and the local service (commands on a
+flag file). The real path, with Pacemaker, nova and fencing, is tests/e2e/test_compute_agent.py."""
+import json
+import time
+
+import pytest
+
+from tests.helpers import REPO, agent_env, run
+
+AGENT = REPO / "agents" / "nova-compute"
+
+
+@pytest.fixture
+def node(tmp_path):
+    """A compute node: a flag file for "nova-compute runs", a cibadmin that answers this node's request."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cib = tmp_path / "nodes.xml"
+    cib.write_text("<nodes/>")
+    (bin_dir / "cibadmin").write_text(f"#!/bin/sh\ncat {cib}\n")
+    (bin_dir / "cibadmin").chmod(0o755)
+    flag = tmp_path / "running"
+
+    class Node:
+        path = tmp_path
+        running = flag
+
+        @staticmethod
+        def request(state):
+            value = json.dumps({"state": state, "mode": "auto", "fenced_at": time.time(), "note": "2 of 9 evacuated"})
+            cib.write_text(f"<nodes><node id='compute1' uname='compute1'><instance_attributes id='a'>"
+                           f"<nvpair id='n' name='crashup-recovery' value='{value.replace(chr(39), '&apos;')}'/>"
+                           f"</instance_attributes></node></nodes>")
+
+        @staticmethod
+        def env(**extra):
+            params = dict(backend="command", start_command=f"touch {flag}", stop_command=f"rm -f {flag}",
+                          status_command=f"test -e {flag}", state_dir=str(tmp_path / "state"),
+                          config=str(tmp_path / "none.conf"))
+            params.update({k: v for k, v in extra.items() if not k.startswith("OCF_")})
+            env = agent_env(**{f"OCF_RESKEY_{k}": v for k, v in params.items()},
+                            OCF_RESKEY_CRM_meta_on_node="compute1",
+                            **{k: v for k, v in extra.items() if k.startswith("OCF_")})
+            env["PATH"] = f"{bin_dir}:{env['PATH']}"
+            return env
+    return Node
+
+
+def test_start_waits_for_an_open_recovery_then_fails_cleanly_within_its_timeout(node):
+    node.request("recovering")
+    result = run([AGENT, "start"], env=node.env(OCF_RESKEY_CRM_meta_timeout="9000"))
+    assert result.returncode == 1, result.stderr
+    assert "ocf-exit-reason:recovery of compute1 is still recovering (auto mode): 2 of 9 evacuated; nova-compute " \
+           "stays down" in result.stderr
+    assert result.elapsed < 9 and "Traceback" not in result.stderr
+    assert not node.running.exists()                     # never started while the guests are being evacuated
+
+
+def test_start_refuses_when_the_cib_cannot_be_read(node):
+    (node.path / "bin" / "cibadmin").write_text("#!/bin/sh\necho 'Could not connect to the CIB' >&2\nexit 102\n")
+    result = run([AGENT, "start"], env=node.env(OCF_RESKEY_CRM_meta_timeout="7000"))
+    assert result.returncode == 1
+    assert "cannot read the recovery request of compute1 from the CIB" in result.stderr
+    assert not node.running.exists()
+
+
+def test_monitor_reports_process_state_and_a_probe_never_asks_nova(node):
+    assert run([AGENT, "monitor"], env=node.env()).returncode == 7
+    node.running.touch()
+    # a probe: no config, no clouds.yaml, no nova: only what runs
+    probe = run([AGENT, "monitor"], env=node.env(OCF_RESKEY_CRM_meta_interval="0"))
+    assert probe.returncode == 0, probe.stderr
+
+
+def test_monitor_acts_on_a_cached_stuck_verdict_and_reuses_a_healthy_one(node):
+    node.running.touch()
+    state = node.path / "state"
+    state.mkdir()
+    cache = state / "nova-compute-compute1.json"
+    env = node.env(OCF_RESKEY_CRM_meta_interval="10000", OCF_RESKEY_heartbeat_cache="60")
+    cache.write_text(json.dumps({"host": "compute1", "checked_at": time.time(), "healthy": False,
+                                 "reason": "nova-compute of compute1 is running but nova sees no heartbeat: stuck"}))
+    stuck = run([AGENT, "monitor"], env=env)
+    assert stuck.returncode == 1 and "ocf-exit-reason:nova-compute of compute1 is running but nova sees no " \
+                                     "heartbeat: stuck" in stuck.stderr
+    cache.write_text(json.dumps({"host": "compute1", "checked_at": time.time(), "healthy": True, "reason": "ok"}))
+    assert run([AGENT, "monitor"], env=env).returncode == 0
+    # the stop forgets the verdict: the next process is judged afresh
+    assert run([AGENT, "stop"], env=env).returncode == 0 and not node.running.exists() and not cache.exists()
+    assert run([AGENT, "stop"], env=env).returncode == 0                 # idempotent
+
+
+def test_an_unreachable_nova_never_fails_the_monitor(node, tmp_path):
+    """nova down says nothing about this host: restarting every compute for a control-plane outage is wrong."""
+    node.running.touch()
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text("clouds:\n  c:\n    auth_type: token_endpoint\n    auth: {endpoint: 'http://127.0.0.1:9/v2.1', "
+                      "token: 'admin:admin'}\n")
+    conf = tmp_path / "crashup.conf"
+    conf.write_text(f"[openstack]\ncloud = c\nclouds_file = {clouds}\napi_timeout = 2\n")
+    env = node.env(config=str(conf), OCF_RESKEY_CRM_meta_interval="10000", OCF_RESKEY_CRM_meta_timeout="10000")
+    result = run([AGENT, "monitor"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "heartbeat of compute1 not checked: nova" in result.stderr and "Traceback" not in result.stderr
+    cache = json.loads((tmp_path / "state" / "nova-compute-compute1.json").read_text())
+    assert cache["healthy"] and cache["reason"].startswith("unchecked")        # not asked again for a while
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"start_command": ""}, "backend command needs start_command"),
+    ({"status_command": "ctl {hots}"}, "unknown placeholder"),
+    ({"backend": "upstart"}, "parameter backend='upstart' is not one of systemd, command"),
+    ({"heartbeat_cache": "soon"}, "heartbeat_cache"),
+])
+def test_bad_parameters_are_named(node, params, message):
+    result = run([AGENT, "validate-all"], env=node.env(**params))
+    assert result.returncode in (2, 6) and message in result.stderr and "Traceback" not in result.stderr

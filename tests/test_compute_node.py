@@ -1,0 +1,125 @@
+"""The compute-node agent's pure parts: local service control, the heartbeat verdict and its cache, the rejoin
+decisions."""
+import time
+
+import pytest
+
+from crashup_lib import localservice, rejoin, watchdog
+from crashup_lib.nova import Service
+from crashup_lib.pacemaker import RecoveryRequest
+
+
+def svc(host="compute1", state="up", forced_down=False, status="enabled", reason=None, updated="2026-11-21T10:00:00"):
+    return Service(id="1", host=host, binary="nova-compute", state=state, status=status, forced_down=forced_down,
+                   disabled_reason=reason, updated_at=updated)
+
+
+def request(state="done", note=""):
+    return RecoveryRequest(node="compute1", state=state, mode="auto", fenced_at=1.0, updated_at=2.0, note=note)
+
+
+# --- localservice ---------------------------------------------------------------------------------------------------
+
+def test_command_templates_fill_names_inside_words_without_a_shell():
+    argv = localservice.command_argv("/opt/ctl --host={host} 'two words' {node}; rm -rf /", host="c1", node="n1")
+    assert argv == ["/opt/ctl", "--host=c1", "two words", "n1;", "rm", "-rf", "/"]
+
+
+@pytest.mark.parametrize("template, message", [("", "empty command"), ("ctl {hots}", "unknown placeholder"),
+                                               ("ctl 'open", "cannot split")])
+def test_bad_command_templates_are_named(template, message):
+    with pytest.raises(ValueError, match=message):
+        localservice.command_argv(template, host="c1", node="n1")
+
+
+def test_command_backend_names_every_missing_command():
+    with pytest.raises(ValueError, match="needs stop_command, status_command"):
+        localservice.commands("nova-compute", "start", "", " ", host="h", node="n")
+
+
+def test_commands_run_bounded_with_one_line_errors(tmp_path):
+    flag = tmp_path / "running"
+    service = localservice.commands(
+        "nova-compute", f"touch {flag}", f"rm -f {flag}", f"test -e {flag}", host="h", node="n")
+    assert not service.running(5)
+    service.start(5)
+    assert service.running(5)
+    service.stop(5)
+    assert not service.running(5)
+    failing = localservice.commands("x", "sh -c 'echo first; echo boom >&2; exit 3'", "sleep 5", "true")
+    with pytest.raises(localservice.ServiceControlError, match=r"^start of x failed \(exit 3\): boom$"):
+        failing.start(5)
+    started = time.monotonic()
+    with pytest.raises(localservice.ServiceControlError, match="did not finish within 0s"):
+        failing.stop(0.3)
+    assert time.monotonic() - started < 2
+    with pytest.raises(localservice.ServiceControlError, match="/nonexistent/ctl not found"):
+        localservice.commands("x", "/nonexistent/ctl", "true", "true").start(1)
+
+
+def test_systemd_backend_uses_systemctl_verbs():
+    unit = localservice.systemd("openstack-nova-compute")
+    assert unit._argv == {"start": ["systemctl", "start", "openstack-nova-compute"],
+                          "stop": ["systemctl", "stop", "openstack-nova-compute"],
+                          "status": ["systemctl", "is-active", "--quiet", "openstack-nova-compute"]}
+
+
+# --- watchdog -------------------------------------------------------------------------------------------------------
+
+def test_a_running_compute_nova_sees_down_is_stuck():
+    verdict = watchdog.judge("compute1", [svc(state="down", updated="T1"), svc("compute2")], 5.0)
+    assert not verdict.healthy and "no heartbeat since T1: stuck" in verdict.reason and verdict.checked_at == 5.0
+
+
+@pytest.mark.parametrize("computes, why", [
+    ([svc()], "heartbeat fresh"),
+    ([svc(state="down", forced_down=True), svc("compute2")], "forced down"),
+    ([svc(state="down"), svc("compute2", state="down"), svc("compute3", state="down", forced_down=True)],
+     "control-plane problem"),
+    ([svc(state="down")], "control-plane problem"),       # alone: nothing to compare with, never restart blindly
+    ([svc("compute2")], "no nova-compute service"),
+])
+def test_what_is_not_judged_stuck(computes, why):
+    verdict = watchdog.judge("compute1", computes, 0.0)
+    assert verdict.healthy and why in verdict.reason
+
+
+def test_cache_round_trip_and_freshness(tmp_path):
+    path = watchdog.cache_path(str(tmp_path / "state"), "compute1")
+    assert watchdog.read_cache(path) == {}
+    watchdog.write_cache(path, host="c1", checked_at=100.0, healthy=False, reason="stuck")
+    assert watchdog.read_cache(path) == {"host": "c1", "checked_at": 100.0, "healthy": False, "reason": "stuck"}
+    cache = watchdog.read_cache(path)
+    assert watchdog.fresh(cache, 30, now=120.0) and not watchdog.fresh(cache, 30, now=131.0)
+    assert not watchdog.fresh(cache, 30, now=90.0)                 # from the future: a clock step, re-check
+    assert not watchdog.fresh({}, 30, now=1.0)
+    (tmp_path / "state" / "nova-compute-compute1.json").write_text("{not json")
+    assert watchdog.read_cache(path) == {}
+
+
+# --- rejoin ---------------------------------------------------------------------------------------------------------
+
+def test_nova_compute_is_held_while_the_recovery_is_open():
+    assert "recovery of compute1 is still recovering (auto mode): 3 of 5" in \
+        rejoin.hold_reason(request("recovering", "3 of 5"))
+    assert rejoin.hold_reason(request("pending")) is not None
+    for closed in (None, request("done"), request("released")):
+        assert rejoin.hold_reason(closed) is None
+
+
+@pytest.mark.parametrize("service, req, before, step", [
+    (None, request(), None, rejoin.WAIT),
+    (svc(state="down", forced_down=True), request(), "T0", rejoin.CLEAR_FORCED_DOWN),
+    (svc(state="down", forced_down=True), None, None, rejoin.REFUSE),         # someone else's mark
+    (svc(state="down"), request(), "T0", rejoin.WAIT),
+    (svc(updated="T0"), request(), "T0", rejoin.WAIT),                        # the old heartbeat, not a new one
+    (svc(updated="T1"), request(), "T0", rejoin.UP),
+    (svc(updated="T1"), None, None, rejoin.UP),                               # never fenced: just started
+    (svc(status="disabled", reason="crashup: fenced"), request(), None, rejoin.ENABLE),
+    (svc(status="disabled", reason="maintenance"), request(), None, rejoin.UP),   # an operator's: left alone
+])
+def test_rejoin_steps_follow_novas_order(service, req, before, step):
+    got, why = rejoin.next_step(service, req, before)
+    assert got == step, why
+    if step == rejoin.REFUSE:
+        assert "openstack compute service set --up compute1 nova-compute" in why
