@@ -51,7 +51,11 @@ def delete_all(conn):
 def baseline(conn, node):
     """nova alone: the same evacuations, all issued at once against an already-down, forced-down host."""
     from crashup_lib import nova as nova_api
+    import subprocess
     ids = boot(conn, node.nova_host, "base")
+    ban = ["crm_resource", "--resource", f"{lab.NOVA_COMPUTE}-clone", "--node", node.name]
+    subprocess.run(ban + ["--ban"], check=True, capture_output=True, timeout=60)    # its agent must not restart it
+    pacemaker.wait_for(lambda st: not lab.compute_running(st, node), 120, f"nova-compute stopped on {node.name}")
     lab.nova().stop_compute(node.nova_host, power_off=True)
     client = nova_api.Nova.from_config(__import__("crashup_lib.config", fromlist=["load"]).load(
         str(lab.CRASHUP_CONF)))
@@ -62,8 +66,15 @@ def baseline(conn, node):
     calls = time.monotonic() - start
     end = wait_active_elsewhere(conn, ids, node.nova_host)
     delete_all(conn)
-    lab.nova().start_compute(node.nova_host)
-    lab.rejoin(node)
+    lab.nova().start_compute(node.nova_host)              # back by hand, as an operator of nova alone would
+    while True:
+        try:
+            client.force_down(node.nova_host, False)
+            break
+        except nova_api.NovaBadRequest:                    # until nova-compute cleaned up the evacuated guests
+            time.sleep(0.25)
+    subprocess.run(ban + ["--clear"], check=True, capture_output=True, timeout=60)
+    lab.wait_rejoined(node)
     return calls, end - start
 
 
@@ -88,7 +99,7 @@ def crashup_run(conn, node):
     with lab.bmc(node) as bmc:                         # the operator powers the repaired host back on
         bmc.set_power("on")
     pacemaker.wait_for(lab.all_online(lab.nodes()), 120, "every node online")
-    lab.rejoin(node)
+    lab.wait_rejoined(node)
     subprocess.run(["pcs", "property", "set", "stonith-action=reboot"], check=True, capture_output=True, timeout=60)
     return lost - crash, fenced - lost, end - fenced, end - crash
 

@@ -16,6 +16,9 @@ import time
 import xml.etree.ElementTree as ET
 
 REQUEST_ATTRIBUTE = "crashup-recovery"
+#: the request's state alone, as a plain word: Pacemaker rules cannot read JSON, and the nova-compute clone's
+#: location rule keeps it off a node whose recovery is open (pending or recovering) without any start blocking
+STATE_ATTRIBUTE = "crashup-recovery-state"
 #: states of a recovery request: pending (recorded at fencing), recovering (the daemon works on it),
 #: done (auto mode finished), released (an operator or consumer released it, notify mode)
 STATES = ("pending", "recovering", "done", "released")
@@ -91,16 +94,33 @@ def _xml(text: str, what: str) -> ET.Element:
 
 # --- recovery requests -----------------------------------------------------------------------------------------------
 
-def requests(timeout: float = 15.0) -> dict[str, RecoveryRequest]:
-    """Every node's recovery request, from the CIB's nodes section (persistent attributes)."""
+def _attributes(timeout: float) -> dict[str, dict[str, str]]:
+    """crashup's persistent node attributes, {node: {name: value}}, from one read of the CIB's nodes section."""
     root = _xml(_run(["cibadmin", "--query", "--scope", "nodes"], timeout), "cibadmin --query --scope nodes")
-    found: dict[str, RecoveryRequest] = {}
+    found: dict[str, dict[str, str]] = {}
     for node in root.iter("node"):
         name = node.get("uname") or node.get("id")
         for nvpair in node.iter("nvpair"):
-            if nvpair.get("name") == REQUEST_ATTRIBUTE:
-                found[name] = RecoveryRequest.from_value(name, nvpair.get("value", ""))
+            if nvpair.get("name") in (REQUEST_ATTRIBUTE, STATE_ATTRIBUTE):
+                found.setdefault(name, {})[nvpair.get("name")] = nvpair.get("value", "")
     return found
+
+
+def survey(timeout: float = 15.0) -> tuple[dict[str, RecoveryRequest], list[RecoveryRequest]]:
+    """Every node's recovery request, and those whose state mirror lags (a writer stopped between its two
+    writes): the daemon puts those right."""
+    found, lagging = {}, []
+    for name, attrs in _attributes(timeout).items():
+        if REQUEST_ATTRIBUTE in attrs:
+            req = found[name] = RecoveryRequest.from_value(name, attrs[REQUEST_ATTRIBUTE])
+            if attrs.get(STATE_ATTRIBUTE) != req.state:
+                lagging.append(req)
+    return found, lagging
+
+
+def requests(timeout: float = 15.0) -> dict[str, RecoveryRequest]:
+    """Every node's recovery request, from the CIB's nodes section (persistent attributes)."""
+    return survey(timeout)[0]
 
 
 def request(node: str, timeout: float = 15.0) -> RecoveryRequest | None:
@@ -108,8 +128,19 @@ def request(node: str, timeout: float = 15.0) -> RecoveryRequest | None:
 
 
 def write_request(req: RecoveryRequest, timeout: float = 15.0) -> None:
+    """The request, and its state mirror, ordered so that a stop between the two writes errs on the safe side:
+    an opening request holds the node (mirror) first, a closing one is closed (request) before it lets go."""
+    if req.open:
+        write_state_mirror(req, timeout)
     _run(["crm_attribute", "--type", "nodes", "--node", req.node, "--name", REQUEST_ATTRIBUTE,
           "--update", req.to_value(), "--lifetime", "forever"], timeout)
+    if not req.open:
+        write_state_mirror(req, timeout)
+
+
+def write_state_mirror(req: RecoveryRequest, timeout: float = 15.0) -> None:
+    _run(["crm_attribute", "--type", "nodes", "--node", req.node, "--name", STATE_ATTRIBUTE,
+          "--update", req.state, "--lifetime", "forever"], timeout)
 
 
 def record_failure(node: str, mode: str, timeout: float = 15.0) -> RecoveryRequest:

@@ -27,6 +27,7 @@ class Daemon:
         self.heartbeat = self.state_dir / "heartbeat"
         self.stop_event = threading.Event()
         self.workers: dict[str, threading.Thread] = {}
+        self.lagging: set = set()                  # requests whose state mirror lagged at the last tick
         self._nova_factory = nova_factory
         self._emitter = emitter
         self._recovery = None
@@ -63,7 +64,14 @@ class Daemon:
         LOG.info("recovery daemon stopped")
 
     def tick(self) -> None:
-        for node, req in pacemaker.requests().items():
+        found, lagging = pacemaker.survey()
+        # a lag seen twice in a row is a writer that stopped between its two writes, not one still writing
+        for req in lagging:
+            if req in self.lagging:
+                LOG.info("%s: state mirror set to %s (a writer stopped between its two writes)", req.node, req.state)
+                pacemaker.write_state_mirror(req)
+        self.lagging = set(lagging)
+        for node, req in found.items():
             worker = self.workers.get(node)
             if req.open and (worker is None or not worker.is_alive()):
                 LOG.info("%s: open recovery request (%s, %s): starting its pipeline", node, req.state, req.mode)

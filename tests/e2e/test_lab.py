@@ -100,7 +100,7 @@ def test_a_failed_node_is_seen_lost_fenced_through_ipmi_and_comes_back(lab, node
     while (lab.recovery_request(target) is None or lab.recovery_request(target).open) and time.monotonic() < limit:
         time.sleep(0.5)
     assert lab.recovery_request(target).state == "done"
-    lab.rejoin(target)
+    lab.wait_rejoined(target)
     wait_all_online(lab)
     assert lab.nova().get_state()["computes"][target.nova_host] is True
 

@@ -1,6 +1,5 @@
 """Host recovery in the real lab: a compute node fails, it is fenced through its two-device level (IPMI, then
 nova), and crashup's daemon brings its instances back elsewhere, exactly once; or hands them over (notify mode)."""
-import contextlib
 import hashlib
 import hmac
 import http.server
@@ -14,80 +13,13 @@ import time
 import pytest
 
 from crashup_lib.recovery import events
+from tests.e2e.scenario import _epoch, boot, daemon_stopped, evacuations, journal, set_daemon, wait_request
 from tests.lab import pacemaker
-from tests.lab.nova_env import IMAGE_ID
 
 pytestmark = pytest.mark.lab
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
-
-def set_daemon(enabled: bool, check: bool = True):
-    subprocess.run(["pcs", "resource", "enable" if enabled else "disable", "crashup", "--wait=60"], check=check,
-                   capture_output=True, timeout=90)
-
-
-@contextlib.contextmanager
-def daemon_stopped():
-    """No recovery daemon inside the block: recovery requests can only wait."""
-    set_daemon(False)
-    try:
-        yield
-    finally:
-        set_daemon(True)
-
-
-def boot(lab, host, count, prefix):
-    """Boot `count` servers on `host`. A build the scheduler refused because a just-rejoined host's first heartbeat
-    had not reached it yet is tried again once (test set-up, not what is tested)."""
-    import openstack.exceptions
-    conn = lab.connection()
-
-    def create(i):
-        return conn.compute.create_server(name=f"{prefix}-{i}", flavor_id="1", image_id=IMAGE_ID, networks="none",
-                                          host=host)
-    servers = [create(i) for i in range(count)]
-    ids = []
-    for i, s in enumerate(servers):
-        try:
-            conn.compute.wait_for_server(s, status="ACTIVE", interval=0.3, wait=180)
-        except openstack.exceptions.ResourceFailure:
-            conn.compute.delete_server(s)
-            time.sleep(3)
-            s = create(i)
-            conn.compute.wait_for_server(s, status="ACTIVE", interval=0.3, wait=180)
-        ids.append(s.id)
-    return ids
-
-
-def wait_request(lab, node, states, since=0.0, timeout=180):
-    """The node's recovery request once it is in one of `states`, recorded by a fencing after `since`."""
-    limit = time.monotonic() + timeout
-    while time.monotonic() < limit:
-        req = lab.recovery_request(node)
-        if req is not None and req.state in states and req.fenced_at >= since:
-            return req
-        time.sleep(0.5)
-    raise AssertionError(f"{node.name}: recovery request not {states} after {timeout}s: {lab.recovery_request(node)}")
-
-
-def journal(lab, since=0.0):
-    return [e for e in events.read(str(lab.JOURNAL)) if _epoch(e["time"]) >= since]
-
-
-def _epoch(text):
-    import datetime
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def evacuations(lab, server_ids):
-    conn = lab.connection()
-    found = {sid: [] for sid in server_ids}
-    for m in conn.compute.migrations(migration_type="evacuation"):
-        if m.server_id in found:
-            found[m.server_id].append(m)
-    return found
-
 
 def assert_recovered_exactly_once(lab, node, server_ids):
     conn = lab.connection()
@@ -113,9 +45,9 @@ def validate(evs):
 
 
 def rejoin_and_clean(lab, node):
-    """After a test: the node rejoins (as the compute agent will do) and its servers are deleted."""
+    """After a test: the node rejoins (crashup's nova-compute agent brings it back) and its servers are deleted."""
     wait_request(lab, node, ("done", "released"))
-    lab.rejoin(node)
+    lab.wait_rejoined(node)
     pacemaker.wait_for(lab.all_online(lab.nodes()), 90, "every node online")
     conn = lab.connection()
     for s in list(conn.compute.servers(all_projects=True)):
@@ -139,8 +71,7 @@ def tidy(lab):
                 wait_request(lab, node, ("done", "released"), req.fenced_at, timeout=120)
             except AssertionError:
                 pipeline.release(node.name)
-        if not lab.nova().get_state()["computes"].get(node.nova_host):
-            lab.rejoin(node)
+        lab.wait_rejoined(node)
     pacemaker.wait_for(lab.all_online(lab.nodes()), 120, "every node online")
     conn = lab.connection()
     servers = list(conn.compute.servers(all_projects=True))
@@ -155,11 +86,10 @@ def tidy(lab):
 def test_crashed_node_stuck_instance_repaired_and_all_evacuated_exactly_once(lab):
     node = lab.node("compute1")
     ids = boot(lab, node.nova_host, 4, "crash")
-    # a reboot that can never finish: nova-compute gone (heartbeats stop), then the host crashes for good
-    box = lab.nova()
-    box.stop_compute(node.nova_host)
+    # a reboot that never finished (written into nova's cell DB: a real stuck one needs nova-compute dead, and
+    # Pacemaker's agent would restart it), then the host crashes for good
+    lab.nova().set_instance_db(ids[0], task_state="rebooting")
     conn = lab.connection()
-    conn.compute.reboot_server(ids[0], "SOFT")
     assert conn.compute.get_server(ids[0]).task_state == "rebooting"
     since = time.time()
     lab.fail(node, "crash")
@@ -179,8 +109,6 @@ def test_crashed_node_stuck_instance_repaired_and_all_evacuated_exactly_once(lab
     # never before the power-off: every evacuation came after the BMC said off
     off_at = min(e["time"] for e in lab.power_log(node) if e["command"] == "off" and e["time"] >= since - 1)
     assert all(_epoch(e["time"]) > off_at for e in evs if e["type"] == "crashup.instance.evacuated")
-    # the host stays out until its recovery is done: nova-compute only starts with rejoin
-    assert lab.nova().get_state()["computes"][node.nova_host] is False
     rejoin_and_clean(lab, node)
 
 
@@ -255,10 +183,13 @@ def test_notify_mode_hands_the_host_over_and_evacuates_nothing(lab, notify_mode)
     expected = "sha256=" + hmac.new(notify_mode["key"], body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(headers["X-Crashup-Signature"], expected)
     assert json.loads(notify_mode["hook_out"].read_text().splitlines()[0])["id"] == failed[0]["id"]
-    # nothing is evacuated, and the host stays down until released
+    # nothing is evacuated, and the host stays down until released: back online, but Pacemaker keeps its
+    # nova-compute stopped (the clone's rule on the request's state)
+    pacemaker.wait_for(lambda st: st.nodes[node.name].online, 90, f"{node.name} back online")
     time.sleep(3)
     assert all(not m for m in evacuations(lab, ids).values())
     assert lab.recovery_request(node).open and lab.nova().get_state()["computes"][node.nova_host] is False
+    assert not lab.compute_running(pacemaker.status(), node)
     crashup = [str(lab.REPO / ".venv" / "bin" / "crashup"), "--config", str(lab.CRASHUP_CONF)]
     plan = subprocess.run(crashup + ["plan", node.nova_host, "--json"], capture_output=True, text=True, timeout=60)
     assert plan.returncode == 0, plan.stderr

@@ -98,12 +98,14 @@ def main() -> int:
                 say(f"   {s.name}: {s.status} on {s.compute_host} ({len(migrations)} evacuation)")
         say(f"   crashup: {req.note}")
 
-        say(f"\n6. {victim.name} rejoins: nova-compute starts only now that its recovery is done")
-        lab.rejoin(victim)
+        say(f"\n6. {victim.name} rejoins: Pacemaker starts its nova-compute (ocf:crashup:nova-compute) only now that "
+            "its recovery is done; the agent clears forced-down once nova-compute cleaned up the evacuated guests")
+        lab.wait_rejoined(victim)
         pacemaker.wait_for(lab.all_online(lab.nodes()), 90, "every node online")
         back = time.monotonic()
         timeline.append(("recovered -> node back in nova and Pacemaker", back - recovered))
-        say(f"   {victim.name} up and enabled in nova, online in Pacemaker")
+        say(f"   {victim.name} up and enabled in nova, online in Pacemaker; its hypervisor holds "
+            f"{len(lab.nova().guests(victim.nova_host))} guests (the evacuated ones were destroyed)")
     finally:
         say("\n7. bringing the lab down")
         t = lab.down(quiet=True)

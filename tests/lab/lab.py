@@ -283,7 +283,11 @@ def pcs_commands(lab_nodes: list[Node]) -> list[list[str]]:
          "op", "start", "timeout=300s", "op", "monitor", "interval=5s", "timeout=20s", "op", "stop", "timeout=60s",
          "meta", "failure-timeout=20s", "clone", "interleave=true"],
         ["constraint", "location", "add", f"{NOVA_COMPUTE}-not-on-{topology.CONTROLLER}", f"{NOVA_COMPUTE}-clone",
-         topology.CONTROLLER, "-INFINITY", "resource-discovery=never"]]
+         topology.CONTROLLER, "-INFINITY", "resource-discovery=never"],
+        # held off a node while its recovery is open: Pacemaker does not even schedule the start
+        ["constraint", "location", f"{NOVA_COMPUTE}-clone", "rule", f"id={NOVA_COMPUTE}-held-during-recovery",
+         "score=-INFINITY", "crashup-recovery-state", "eq", "pending", "or", "crashup-recovery-state", "eq",
+         "recovering"]]
     return commands
 
 
