@@ -103,6 +103,58 @@ def _events(args) -> int:
     return 0
 
 
+def _pcs(args) -> int:
+    from crashup_lib import pcs
+    inv = pcs.load(args.inventory)
+    for warning in inv.warnings:
+        print(f"crashup: warning: {warning}", file=sys.stderr)
+    if args.conf:
+        if args.action == "apply":
+            print("crashup: --conf goes with render: apply changes only the CIB", file=sys.stderr)
+            return 2
+        print(pcs.crashup_conf(inv), end="")
+        return 0
+    if args.action == "apply" or args.apply:
+        return apply_pcs(pcs.commands(inv))
+    print(pcs.script(inv), end="")
+    return 0
+
+
+def apply_pcs(commands: list[list[str]], run=None) -> int:
+    """Each command on a copy of the live CIB (`pcs -f COPY`), then one `pcs cluster cib-push COPY --config`. A failing
+    command ends it with one line naming the command, before the push: the live CIB stays as it was."""
+    import os
+    import shlex
+    import subprocess
+    import tempfile
+    run = run or (lambda argv: subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL))
+
+    def said(cp) -> str:                        # pcs's first "Error: ..." line, else the first line it said
+        lines = (cp.stderr or cp.stdout or "").strip().splitlines()
+        lines = [line for line in lines if line.startswith("Error")] or lines
+        return f": {lines[0].strip()}" if lines else ""
+    with tempfile.TemporaryDirectory(prefix="crashup-pcs-") as tmp:     # 0700: the copy may hold a clear password
+        copy = os.path.join(tmp, "cib.xml")
+        cp = run(["cibadmin", "-Q"])
+        if cp.returncode != 0:
+            print(f"crashup: cibadmin -Q failed (exit {cp.returncode}){said(cp)}", file=sys.stderr)
+            return 1
+        with open(copy, "w") as f:
+            f.write(cp.stdout)
+        for i, args in enumerate(commands, 1):
+            cp = run(["pcs", "-f", copy, *args])
+            if cp.returncode != 0:
+                print(f"crashup: command {i}/{len(commands)} failed (exit {cp.returncode}), nothing pushed: "
+                      f"pcs {shlex.join(args)}{said(cp)}", file=sys.stderr)
+                return 1
+        cp = run(["pcs", "cluster", "cib-push", copy, "--config"])
+        if cp.returncode != 0:
+            print(f"crashup: pcs cluster cib-push failed (exit {cp.returncode}){said(cp)}", file=sys.stderr)
+            return 1
+    print(f"crashup: {len(commands)} pcs commands applied to a copy of the CIB and pushed")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crashup", description="OpenStack compute HA and recovery for Pacemaker")
     parser.add_argument("--version", action="version", version=f"crashup {__version__}")
@@ -136,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new", action="store_true", help="with --follow: only events from now on")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_events)
+    p = sub.add_parser("pcs", help="Pacemaker configuration from an inventory (pcs-templates/README.md)")
+    p.add_argument("action", choices=("render", "apply"),
+                   help="render: print the pcs script (or with --conf, the crashup.conf); apply: apply it now")
+    p.add_argument("inventory", help="inventory file (YAML)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--conf", action="store_true", help="print the crashup.conf that matches the inventory")
+    g.add_argument("--apply", action="store_true", help="same as `crashup pcs apply`")
+    p.set_defaults(run=_pcs)
     args = parser.parse_args(argv)
     if args.command == "config" and args.file is None:
         args.file = args.config
