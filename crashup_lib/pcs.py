@@ -13,10 +13,8 @@ import shlex
 from typing import Any, Mapping
 
 from crashup_lib import config, localservice
-
-#: node attribute mirroring a recovery request's state (written by crashup_lib.pacemaker); the nova-compute clone's
-#: location rule keeps nova-compute off a node whose recovery is open
-STATE_ATTRIBUTE = "crashup-recovery-state"
+#: the recovery request's state as a plain node attribute: the nova-compute clone's location rule reads it
+from crashup_lib.pacemaker import STATE_ATTRIBUTE
 NOVA_COMPUTE = "nova-compute"             # the clone's primitive; the clone is NOVA_COMPUTE + "-clone"
 CRASHUP = "crashup"                       # the recovery daemon's resource
 NOVA_FENCE = "crashup-nova"               # the shared fence_crashup_nova device
