@@ -19,7 +19,7 @@ BIN_DIR ?= /usr/local/bin
 DEBS := pacemaker pacemaker-cli-utils pcs corosync resource-agents fence-agents crmsh libxml2-utils ipmitool \
         iproute2 util-linux procps python3-venv
 
-.PHONY: all deps venv nova-venv test unit lab-test demo install uninstall bench bench-recovery lab-up lab-down \
+.PHONY: all deps venv nova-venv test unit lab-test demo install uninstall bench bench-recovery bench-rejoin lab-up lab-down \
         lab-status clean
 
 all: venv
@@ -71,6 +71,9 @@ bench: deps venv
 # host recovery of 50 instances in the lab, against nova alone (root, ~6 min)
 bench-recovery: deps venv nova-venv
 	$(PY) bench/recovery.py
+
+bench-rejoin: deps venv nova-venv
+	$(PY) bench/rejoin.py
 
 # The library goes into its own virtualenv; agents keep `#!/usr/bin/env python3` in the tree and get that venv's
 # interpreter as their shebang here, so Pacemaker (which runs them by path, with its own PATH) finds the library.
