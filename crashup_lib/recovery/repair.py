@@ -2,8 +2,9 @@
 
 nova evacuates only instances in vm_state active, stopped or error with no task in progress. On a host whose
 power-off is confirmed every in-progress task is dead (the guest is gone, its compute will never finish it), so the
-decision needs no more reality than "fenced":
-- no task, and a vm_state evacuate accepts: nothing to do;
+decision needs no more reality than "fenced": the CrashUp rules (crashup_lib/stale/rules.py) with the reality
+`host_down`, read here through the API-only outcomes they are checked to give:
+- no task, and a vm_state evacuate accepts: nothing to do (keep);
 - being deleted (or deleted, shelved): skip; evacuating would resurrect it;
 - active with a dead task (rebooting, migrating, ...): reset to active; evacuation rebuilds it running;
 - anything else (stopped with a task, paused, suspended, rescued, resized, building): reset to error, as Masakari
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from crashup_lib.stale import rules
+
 EVACUABLE_VM_STATES = ("active", "stopped", "error")
-_BEING_DELETED = ("deleting", "soft-deleting", "restoring")
-_NOT_EVACUATED = ("deleted", "soft-delete", "shelved", "shelved_offloaded", "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,20 +30,31 @@ class Repair:
     reason: str
 
 
+def action_of(outcome: rules.Outcome) -> str | None:
+    """A host_down outcome as repair's action (None: nothing to do). rules.check() guarantees host_down outcomes of
+    nova are only these: host recovery has the API, not nova's database."""
+    if isinstance(outcome, rules.Keep):
+        return None
+    if isinstance(outcome, rules.Skip):
+        return "skip"
+    if isinstance(outcome, (rules.Reset, rules.Error)) and outcome.as_dict().get("vm_state") in ("active", "error"):
+        return "reset-" + outcome.as_dict()["vm_state"]
+    raise ValueError(f"host recovery cannot carry out {outcome!r}")
+
+
 def decide(server) -> Repair | None:
     """The repair one instance of a fenced host needs, or None. `server` has id, name, vm_state, task_state."""
     task = server.task_state or ""
     vm_state = server.vm_state or ""
-    if task in _BEING_DELETED:
-        return Repair(server.id, server.name, vm_state, task, "skip", f"{task}: being deleted, not evacuated")
-    if not task and (vm_state in EVACUABLE_VM_STATES or vm_state in _NOT_EVACUATED):
+    if not task and not vm_state:
+        return None                     # nova told nothing: nothing to reset from
+    kind, state = ("instance", task) if task else ("instance_vm_state", vm_state)
+    outcome = rules.decide("nova", kind, state, rules.HOST_DOWN, vm_state=vm_state)
+    action = action_of(outcome)
+    if action is None:
         return None
-    if vm_state == "active":
-        return Repair(server.id, server.name, vm_state, task, "reset-active",
-                      f"{task} died with the fenced host; evacuation rebuilds the instance running")
     what = f"{task} in vm_state {vm_state}" if task else f"vm_state {vm_state}"
-    return Repair(server.id, server.name, vm_state, task, "reset-error",
-                  f"{what} on the fenced host: evacuate refuses it; error until rebuilt elsewhere")
+    return Repair(server.id, server.name, vm_state, task, action, f"{what} on the fenced host: {outcome.why}")
 
 
 def decide_all(servers) -> list[Repair]:
