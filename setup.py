@@ -19,6 +19,7 @@ setup(
         "pyghmi>=1.6,<1.7",           # crashup_lib.ipmi works around defects of this series
         "python-novaclient>=18,<19",
         "keystoneauth1>=5.1,<6",
+        "PyYAML>=6,<7",               # the pcs-templates inventory (openstacksdk needs it too)
     ],
     extras_require={"test": ["pytest>=7", "jsonschema>=4.18"]},   # jsonschema: tests validate events
     entry_points={"console_scripts": ["crashup = crashup_lib.cli:main"]},

@@ -276,20 +276,27 @@ def fence_nova(lab, node, action):
 
 def test_fence_nova_status_and_unfencing_follow_the_recovery(lab):
     node = lab.node("compute2")
-    with daemon_stopped():
-        ids = boot(lab, node.nova_host, 1, "unfence")
-        since = time.time()
-        lab.fail(node, "crash")
-        wait_request(lab, node, ("pending",), since)
-        assert fence_nova(lab, node, "status").returncode == 2            # OFF: forced down
-        on = fence_nova(lab, node, "on")
-        assert on.returncode == 0 and "stays forced down" in on.stdout     # recovery open: never unfenced
-        assert next(s for s in lab.connection().compute.services()
-                    if s.host == node.nova_host and s.binary == "nova-compute").is_forced_down
-    wait_request(lab, node, ("done",), since)
-    assert_recovered_exactly_once(lab, node, ids)
-    on = fence_nova(lab, node, "on")                   # done, but nova refuses until the host has cleaned up
-    assert on.returncode == 0 and "kept until its nova-compute has cleaned up" in on.stdout
+    # the nova-compute agent would bring the host back as soon as its recovery is done: kept off it here, so that
+    # fencing's own "on" meets the state nova refuses
+    ban = ["crm_resource", "--resource", f"{lab.NOVA_COMPUTE}-clone", "--node", node.name]
+    try:
+        with daemon_stopped():
+            ids = boot(lab, node.nova_host, 1, "unfence")
+            subprocess.run(ban + ["--ban"], check=True, capture_output=True, timeout=60)
+            since = time.time()
+            lab.fail(node, "crash")
+            wait_request(lab, node, ("pending",), since)
+            assert fence_nova(lab, node, "status").returncode == 2            # OFF: forced down
+            on = fence_nova(lab, node, "on")
+            assert on.returncode == 0 and "stays forced down" in on.stdout     # recovery open: never unfenced
+            assert next(s for s in lab.connection().compute.services()
+                        if s.host == node.nova_host and s.binary == "nova-compute").is_forced_down
+        wait_request(lab, node, ("done",), since)
+        assert_recovered_exactly_once(lab, node, ids)
+        on = fence_nova(lab, node, "on")               # done, but nova refuses until the host has cleaned up
+        assert on.returncode == 0 and "kept until its nova-compute has cleaned up" in on.stdout
+    finally:
+        subprocess.run(ban + ["--clear"], check=True, capture_output=True, timeout=60)
     rejoin_and_clean(lab, node)
     assert fence_nova(lab, node, "status").returncode == 0                # ON again
 

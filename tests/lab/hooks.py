@@ -1,13 +1,17 @@
 """What a BMC's power change does to its lab node (run by the BMC simulator: `python -m tests.lab.hooks off NODE`).
 
 off: the host loses power: its pacemaker-remoted dies, its nova-compute stops and its guests are gone.
-on:  the host boots: its link comes up (a boot resets a cut NIC), a fresh /run, pacemaker-remoted starts. nova-compute
+on:  the host boots (BOOT_SECONDS: no machine is back the instant its power is), its link comes up (a boot resets a cut NIC), a fresh /run, pacemaker-remoted starts. nova-compute
      is Pacemaker's to start (ocf:crashup:nova-compute), once the host's recovery is finished.
 """
 import sys
+import time
 
 from tests.lab import lab, pacemaker
 from tests.lab.nova_env import NovaBoxError
+
+
+BOOT_SECONDS = 3.0
 
 
 def main(argv: list[str]) -> int:
@@ -22,6 +26,10 @@ def main(argv: list[str]) -> int:
         except NovaBoxError as e:
             print(f"hooks: nova-compute of {n.name}: {e}", file=sys.stderr)
     else:
+        # An instant "boot" races Pacemaker itself: remoted back before the controller has processed the fencing
+        # makes it probe through a connection it still thinks up ("Not connected to remote executor"), a failed
+        # probe wants a stop, a stop that cannot run wants fencing: a loop no real host (minutes to boot) shows.
+        time.sleep(BOOT_SECONDS)
         pacemaker.link(n, True)
         pacemaker.start_remoted(n, fresh_run=True)
     return 0

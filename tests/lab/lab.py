@@ -27,6 +27,7 @@ STATE_FILE = RUN_DIR / "lab.json"
 CLOUDS_YAML = RUN_DIR / "clouds.yaml"
 CRASHUP_CONF = RUN_DIR / "crashup.conf"
 JOURNAL = RUN_DIR / "events.jsonl"
+INVENTORY = RUN_DIR / "inventory.yaml"          # the lab as an operator describes a cluster (crashup pcs render)
 DAEMON_DIR = pathlib.Path("/run/crashup")     # per host, as in production: nodes have their own /run
 CLOUD = "crashup-lab"
 #: the lab's init system for nova-compute (the box runs every compute; this drives one through its control API)
@@ -233,18 +234,10 @@ def cloud_config(microversion: str = "2.95"):
         cloud=CLOUD, compute_api_version=microversion)
 
 
-def write_crashup_conf(mode: str = "auto") -> pathlib.Path:
-    """crashup's configuration for the lab: its cloud, its journal; everything else crashup's defaults."""
-    CRASHUP_CONF.write_text(
-        "[recovery]\n"
-        f"mode = {mode}\n"
-        "[openstack]\n"
-        f"cloud = {CLOUD}\n"
-        f"clouds_file = {CLOUDS_YAML}\n"
-        "interface = public\n"
-        "api_timeout = 20\n"
-        "[events]\n"
-        f"journal = {JOURNAL}\n")
+def write_crashup_conf(lab_nodes: list[Node], mode: str = "auto") -> pathlib.Path:
+    """crashup's configuration for the lab, rendered from the lab's inventory (crashup pcs render --conf)."""
+    from crashup_lib import pcs
+    CRASHUP_CONF.write_text(pcs.crashup_conf(pcs.parse(inventory(lab_nodes, mode), "lab inventory")))
     return CRASHUP_CONF
 
 
@@ -255,40 +248,38 @@ def connection(microversion: str = "2.95"):
 
 # --- Pacemaker configuration ------------------------------------------------------------------------------------------
 
-def pcs_commands(lab_nodes: list[Node]) -> list[list[str]]:
-    """Remote connections; per node a fencing level of its fence_crashup_ipmi device then the shared
-    fence_crashup_nova device; the recovery daemon's resource on the controller."""
-    password_file = bmc_password_file()
-    names = " ".join(n.name for n in lab_nodes)
-    commands = [["stonith", "create", "crashup-nova", "fence_crashup_nova", f"config_file={CRASHUP_CONF}",
-                 f"pcmk_host_list={names}", "op", "monitor", "interval=60s"],
-                ["resource", "create", "crashup", "ocf:crashup:crashup", f"config={CRASHUP_CONF}",
-                 f"state_dir={DAEMON_DIR}", "op", "monitor", "interval=5s", "timeout=20s"]]
-    for n in lab_nodes:
-        commands.append(["resource", "create", n.name, "ocf:pacemaker:remote", f"server={n.address}",
-                         "reconnect_interval=5s", "op", "monitor", "interval=5s", "timeout=10s",
-                         "op", "start", "timeout=20s", "--force"])
-        commands.append(["stonith", "create", f"ipmi-{n.name}", "fence_crashup_ipmi", f"ip={topology.BMC_ADDR}",
-                         f"ipport={n.bmc_port}", f"username={topology.BMC_USER}", f"password_file={password_file}",
-                         f"pcmk_host_list={n.name}", "op", "monitor", "interval=60s"])
-        commands.append(["stonith", "level", "add", "1", n.name, f"ipmi-{n.name},crashup-nova"])
-        # never probed nor run on a compute node: the daemon belongs on controllers
-        commands.append(["constraint", "location", "add", f"crashup-not-on-{n.name}", "crashup", n.name,
-                         "-INFINITY", "resource-discovery=never"])
+def inventory(lab_nodes: list[Node], mode: str = "auto") -> dict:
+    """The lab as an operator's inventory (pcs-templates/README.md): every end-to-end test runs on the Pacemaker
+    configuration and crashup.conf that `crashup pcs render` makes of it. Shorter intervals than production's."""
     ctl = f"{COMPUTE_CTL} http://{topology.BRIDGE_ADDR}:{topology.NOVA_API_PORT}"
-    commands += [
-        ["resource", "create", NOVA_COMPUTE, "ocf:crashup:nova-compute", f"config={CRASHUP_CONF}", "backend=command",
-         f"start_command={ctl} start {{host}}", f"stop_command={ctl} stop {{host}}",
-         f"status_command={ctl} status {{host}}", "heartbeat_cache=5", f"state_dir={DAEMON_DIR}",
-         "op", "start", "timeout=300s", "op", "monitor", "interval=5s", "timeout=20s", "op", "stop", "timeout=60s",
-         "meta", "failure-timeout=20s", "clone", "interleave=true"],
-        ["constraint", "location", "add", f"{NOVA_COMPUTE}-not-on-{topology.CONTROLLER}", f"{NOVA_COMPUTE}-clone",
-         topology.CONTROLLER, "-INFINITY", "resource-discovery=never"],
-        # held off a node while its recovery is open: Pacemaker does not even schedule the start
-        ["constraint", "location", f"{NOVA_COMPUTE}-clone", "rule", f"id={NOVA_COMPUTE}-held-during-recovery",
-         "score=-INFINITY", "crashup-recovery-state", "eq", "pending", "or", "crashup-recovery-state", "eq",
-         "recovering"]]
-    return commands
+    return {
+        "controllers": [topology.CONTROLLER],
+        "bmc_defaults": {"user": topology.BMC_USER, "password_file": str(bmc_password_file())},
+        "computes": [{"name": n.name, "nova_host": n.nova_host, "remote_address": n.address,
+                      "bmc": {"address": topology.BMC_ADDR, "port": n.bmc_port}} for n in lab_nodes],
+        "crashup": {"config_file": str(CRASHUP_CONF), "state_dir": str(DAEMON_DIR)},
+        "openstack": {"cloud": CLOUD, "clouds_file": str(CLOUDS_YAML), "interface": "public", "api_timeout": 20},
+        "recovery": {"mode": mode},
+        "events": {"journal": str(JOURNAL)},
+        "nova_compute": {"backend": "command", "start_command": f"{ctl} start {{host}}",
+                         "stop_command": f"{ctl} stop {{host}}", "status_command": f"{ctl} status {{host}}",
+                         "heartbeat_cache": 5},
+        "tuning": {"remote_monitor_interval": 5, "remote_monitor_timeout": 10, "remote_reconnect_interval": 5,
+                   "remote_start_timeout": 20, "crashup_monitor_interval": 5, "nova_compute_monitor_interval": 5,
+                   "nova_compute_failure_timeout": 20},
+    }
+
+
+def write_inventory(lab_nodes: list[Node]) -> pathlib.Path:
+    import yaml
+    INVENTORY.write_text(yaml.safe_dump(inventory(lab_nodes), sort_keys=False))
+    return INVENTORY
+
+
+def pcs_commands(lab_nodes: list[Node]) -> list[list[str]]:
+    """The lab's whole Pacemaker configuration, as `crashup pcs render` makes it from the lab's inventory file."""
+    from crashup_lib import pcs
+    return pcs.commands(pcs.load(str(write_inventory(lab_nodes))))
 
 
 def all_online(lab_nodes: list[Node]):
@@ -343,7 +334,7 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
     t.mark("nova API, placement, conductor, scheduler, computes up")
     STATE_FILE.write_text(json.dumps({"nodes": count, "nova_url": topology.nova_url(),
                                       "clouds_yaml": str(write_clouds_yaml()), "cloud": CLOUD,
-                                      "crashup_conf": str(write_crashup_conf())}))
+                                      "crashup_conf": str(write_crashup_conf(lab_nodes))}))
     pacemaker.push_config(pcs_commands(lab_nodes))
     t.mark("Pacemaker configuration pushed")
     pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and "crashup" in st.resources and all_started(st)
@@ -386,6 +377,11 @@ def wait_rejoined(n: Node, timeout: float = 120) -> None:
 def down(quiet: bool = False) -> Timeline:
     """Stop everything and remove all the lab made, but logs and install caches. Safe after a partial up."""
     t = Timeline(quiet)
+    # Pacemaker leaves resources alone from here: stopping nova-compute clones through a nova box that is already
+    # gone would fail, and failed stops want fencing through BMCs that are gone too (a minute-long shutdown)
+    with contextlib.suppress(Exception):
+        subprocess.run(["crm_attribute", "--type", "crm_config", "--name", "maintenance-mode", "--update", "true"],
+                       capture_output=True, timeout=10)
     stop_bmcs()
     t.mark("BMC simulators stopped")
     with contextlib.suppress(Exception):
