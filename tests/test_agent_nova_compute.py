@@ -116,3 +116,15 @@ def test_an_unreachable_nova_never_fails_the_monitor(node, tmp_path):
 def test_bad_parameters_are_named(node, params, message):
     result = run([AGENT, "validate-all"], env=node.env(**params))
     assert result.returncode in (2, 6) and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_broken_configuration_never_makes_the_monitor_a_hard_error(node, tmp_path):
+    """rc 6 from a monitor stops the resource on every node: a typo in crashup.conf must not take nova down."""
+    node.running.touch()
+    conf = tmp_path / "crashup.conf"
+    conf.write_text("[recovery]\nmode = sometimes\n")
+    env = node.env(config=str(conf), OCF_RESKEY_CRM_meta_interval="10000")
+    result = run([AGENT, "monitor"], env=env)
+    assert result.returncode == 0 and "heartbeat not checked: " in result.stderr and "mode" in result.stderr
+    stop = run([AGENT, "stop"], env=env)                 # a failed stop would get the node fenced
+    assert stop.returncode == 0 and not node.running.exists()
