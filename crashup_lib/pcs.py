@@ -73,7 +73,7 @@ class Tuning:
     fence_monitor_interval: float = 60
     nova_compute_monitor_interval: float = 10
     nova_compute_monitor_timeout: float = 20
-    nova_compute_start_timeout: float = 300
+    nova_compute_start_timeout: float = 120
     nova_compute_stop_timeout: float = 60
     nova_compute_failure_timeout: float = 60
 

@@ -58,7 +58,7 @@ def test_two_computes_give_the_lab_shaped_command_list():
          "--", "-INFINITY", "resource-discovery=never"],
         ["resource", "create", "nova-compute", "ocf:crashup:nova-compute", "config=/etc/crashup/crashup.conf",
          "backend=systemd", "unit=nova-compute", "state_dir=/run/crashup",
-         "op", "start", "timeout=300s", "op", "monitor", "interval=10s", "timeout=20s", "op", "stop", "timeout=60s",
+         "op", "start", "timeout=120s", "op", "monitor", "interval=10s", "timeout=20s", "op", "stop", "timeout=60s",
          "meta", "failure-timeout=60s", "clone", "interleave=true", "--force"],
         ["constraint", "location", "add", "nova-compute-not-on-ctl1", "nova-compute-clone", "ctl1",
          "--", "-INFINITY", "resource-discovery=never"],

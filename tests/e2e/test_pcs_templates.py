@@ -181,7 +181,7 @@ def test_resources_fencing_and_constraints_read_back(cib):
         "failure-timeout": "20s"}
     o = ops(nc)
     assert (o["start"]["timeout"], o["monitor"]["interval"], o["monitor"]["timeout"], o["stop"]["timeout"]) == (
-        "300s", "10s", "20s", "60s")
+        "120s", "10s", "20s", "60s")
 
     locations = {loc.get("id"): loc for loc in conf.iter("rsc_location")}
     for name in COMPUTES:
