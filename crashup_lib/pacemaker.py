@@ -210,8 +210,19 @@ def fencing_in_flight(node: str, timeout: float = 15.0) -> bool:
 
 
 def request_fencing(node: str, timeout: float = 120.0) -> None:
-    """Ask Pacemaker to fence `node` (reboot, through its fencing levels). Raises PacemakerError if it fails."""
+    """Ask Pacemaker to fence `node` (reboot, through its fencing levels). Raises PacemakerError if it fails.
+
+    Then the remote node's connection resource is refreshed. Fencing from outside the scheduler (this) leaves
+    Pacemaker 2.1 believing a remote connection that the fencing broke is still up once it has cleared the
+    connection's failure for its reconnect_interval: it schedules probes behind it, they fail "Not connected to
+    remote executor", the stops that follow fail alike and get the node fenced, again and again (seen in the lab
+    after a full cluster restart; ClusterLabs/pacemaker#1806 fixed a sibling). A refresh makes the scheduler probe
+    the connection itself first."""
     _run(["stonith_admin", "--reboot", node, "--timeout", str(int(timeout))], timeout + 15)
+    try:
+        _run(["crm_resource", "--refresh", "--resource", node], 30)
+    except PacemakerError:
+        pass                       # a cluster node (no connection resource), or a refresh that could not run
 
 
 # --- nodes ---------------------------------------------------------------------------------------------------------------
