@@ -120,6 +120,9 @@ def _pcs(args) -> int:
     return 0
 
 
+PCS_TIMEOUT = 120          # seconds, each pcs / cibadmin call of `crashup pcs apply`
+
+
 def apply_pcs(commands: list[list[str]], run=None) -> int:
     """Each command on a copy of the live CIB (`pcs -f COPY`), then one `pcs cluster cib-push COPY --config`. A failing
     command ends it with one line naming the command, before the push: the live CIB stays as it was."""
@@ -127,7 +130,14 @@ def apply_pcs(commands: list[list[str]], run=None) -> int:
     import shlex
     import subprocess
     import tempfile
-    run = run or (lambda argv: subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL))
+    def bounded(argv):                          # a hung pcs or CIB must not hang the command
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=PCS_TIMEOUT)
+        except FileNotFoundError:
+            return subprocess.CompletedProcess(argv, 127, "", f"Error: {argv[0]} not found")
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(argv, 124, "", f"Error: no answer within {PCS_TIMEOUT}s")
+    run = run or bounded
 
     def said(cp) -> str:                        # pcs's first "Error: ..." line, else the first line it said
         lines = (cp.stderr or cp.stdout or "").strip().splitlines()

@@ -276,12 +276,6 @@ def write_inventory(lab_nodes: list[Node]) -> pathlib.Path:
     return INVENTORY
 
 
-def pcs_commands(lab_nodes: list[Node]) -> list[list[str]]:
-    """The lab's whole Pacemaker configuration, as `crashup pcs render` makes it from the lab's inventory file."""
-    from crashup_lib import pcs
-    return pcs.commands(pcs.load(str(write_inventory(lab_nodes))))
-
-
 def all_online(lab_nodes: list[Node]):
     return lambda st: all(st.nodes.get(n.name) and st.nodes[n.name].online for n in lab_nodes)
 
@@ -335,7 +329,11 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
     STATE_FILE.write_text(json.dumps({"nodes": count, "nova_url": topology.nova_url(),
                                       "clouds_yaml": str(write_clouds_yaml()), "cloud": CLOUD,
                                       "crashup_conf": str(write_crashup_conf(lab_nodes))}))
-    pacemaker.push_config(pcs_commands(lab_nodes))
+    # what an operator runs: `crashup pcs apply INVENTORY`
+    applied = subprocess.run([sys.executable, "-m", "crashup_lib.cli", "pcs", "apply", str(write_inventory(lab_nodes))],
+                             capture_output=True, text=True, timeout=600)
+    if applied.returncode != 0:
+        raise LabError(f"crashup pcs apply failed: {(applied.stderr or applied.stdout).strip()}")
     t.mark("Pacemaker configuration pushed")
     pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and "crashup" in st.resources and all_started(st)
                        and all(compute_running(st, n) for n in lab_nodes),

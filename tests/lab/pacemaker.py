@@ -26,7 +26,6 @@ import logging
 import os
 import pathlib
 import pwd
-import shlex
 import shutil
 import signal
 import tempfile
@@ -385,24 +384,13 @@ def link(node: Node, up: bool) -> None:
 
 # ------------------------------------------------------------------------------------------------------------ config
 
-def push_config(pcs_commands: Sequence[Sequence[str]], timeout: float = 120) -> None:
-    """Apply pcs commands (arguments after `pcs`; a leading "pcs" is accepted) to a copy of the live CIB with
-    `pcs -f FILE`, then replace the live configuration with one `pcs cluster cib-push FILE --config`."""
-    topology.RUN_DIR.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="cib-push-", suffix=".xml", dir=topology.RUN_DIR)
-    os.close(fd)
-    path = pathlib.Path(name)
-    path.write_text(run(["cibadmin", "-Q"]).stdout)
-    for i, cmd in enumerate(pcs_commands, 1):
-        args = list(cmd[1:] if cmd and cmd[0] == "pcs" else cmd)
-        cp = run(["pcs", "-f", str(path), *args], check=False, timeout=timeout)
-        if cp.returncode != 0:
-            raise LabError(f"push_config: command {i}/{len(pcs_commands)} failed (exit {cp.returncode}): "
-                           f"pcs {shlex.join(args)}\n{(cp.stderr or cp.stdout).strip()}\n(working copy kept: {path})")
-    cp = run(["pcs", "cluster", "cib-push", str(path), "--config"], check=False, timeout=timeout)
-    if cp.returncode != 0:
-        raise LabError(f"push_config: pcs cluster cib-push {path} --config failed: {(cp.stderr or cp.stdout).strip()}")
-    path.unlink()
+def push_config(pcs_commands: Sequence[Sequence[str]]) -> None:
+    """Apply pcs commands (arguments after `pcs`; a leading "pcs" is accepted) as `crashup pcs apply` does: each on
+    a copy of the live CIB with `pcs -f`, then one `pcs cluster cib-push --config`."""
+    from crashup_lib.cli import apply_pcs
+    commands = [list(cmd[1:] if cmd and cmd[0] == "pcs" else cmd) for cmd in pcs_commands]
+    if apply_pcs(commands) != 0:
+        raise LabError("push_config: crashup's pcs apply failed (its stderr above names the command)")
 
 
 # ------------------------------------------------------------------------------------------------------------ status
