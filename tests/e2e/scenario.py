@@ -75,3 +75,13 @@ def evacuations(lab, server_ids):
     return found
 
 
+
+
+def delete_servers(lab):
+    """Every server deleted, and gone."""
+    conn = lab.connection()
+    servers = list(conn.compute.servers(all_projects=True))
+    for s in servers:
+        conn.compute.delete_server(s)
+    for s in servers:
+        conn.compute.wait_for_delete(s, interval=0.3, wait=120)

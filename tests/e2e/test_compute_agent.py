@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.e2e.scenario import boot, daemon_stopped, wait_request
+from tests.e2e.scenario import boot, daemon_stopped, delete_servers, wait_request
 from tests.lab import pacemaker
 
 pytestmark = pytest.mark.lab
@@ -67,11 +67,7 @@ def test_a_fenced_host_rejoins_only_after_its_recovery_and_no_vm_ever_runs_twice
     # Pacemaker never tried (and failed) a start during the recovery: the clone's rule held it
     st = pacemaker.status()
     assert not st.resources[f"{lab.NOVA_COMPUTE}-clone"].failed
-    conn_servers = list(conn.compute.servers(all_projects=True))
-    for s in conn_servers:
-        conn.compute.delete_server(s)
-    for s in conn_servers:
-        conn.compute.wait_for_delete(s, interval=0.3, wait=120)
+    delete_servers(lab)
 
 
 def test_a_host_whose_recovery_never_ran_stays_out_until_released(lab):

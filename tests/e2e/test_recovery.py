@@ -13,7 +13,8 @@ import time
 import pytest
 
 from crashup_lib.recovery import events
-from tests.e2e.scenario import _epoch, boot, daemon_stopped, evacuations, journal, set_daemon, wait_request
+from tests.e2e.scenario import (_epoch, boot, daemon_stopped, delete_servers, evacuations, journal, set_daemon,
+                                wait_request)
 from tests.lab import pacemaker
 
 pytestmark = pytest.mark.lab
@@ -49,11 +50,7 @@ def rejoin_and_clean(lab, node):
     wait_request(lab, node, ("done", "released"))
     lab.wait_rejoined(node)
     pacemaker.wait_for(lab.all_online(lab.nodes()), 90, "every node online")
-    conn = lab.connection()
-    for s in list(conn.compute.servers(all_projects=True)):
-        conn.compute.delete_server(s)
-    for s in list(conn.compute.servers(all_projects=True)):
-        conn.compute.wait_for_delete(s, interval=0.3, wait=120)
+    delete_servers(lab)
 
 
 @pytest.fixture(autouse=True)
@@ -73,12 +70,7 @@ def tidy(lab):
                 pipeline.release(node.name)
         lab.wait_rejoined(node)
     pacemaker.wait_for(lab.all_online(lab.nodes()), 120, "every node online")
-    conn = lab.connection()
-    servers = list(conn.compute.servers(all_projects=True))
-    for s in servers:
-        conn.compute.delete_server(s)
-    for s in servers:
-        conn.compute.wait_for_delete(s, interval=0.3, wait=120)
+    delete_servers(lab)
 
 
 # --- tests ---------------------------------------------------------------------------------------------------------
