@@ -15,9 +15,10 @@ SBIN_DIR ?= /usr/sbin
 ETC_DIR ?= /etc/crashup
 BIN_DIR ?= /usr/local/bin
 
-# Debian packages the tests and the lab use (installed when running as root and missing)
+# Debian packages the tests and the lab use (installed when running as root and missing); libvirt-dev, pkg-config,
+# gcc and python3-dev build libvirt-python (the Health Collector's libvirt backend, tested on libvirt's test driver)
 DEBS := pacemaker pacemaker-cli-utils pcs corosync resource-agents fence-agents crmsh libxml2-utils ipmitool \
-        iproute2 util-linux procps python3-venv
+        iproute2 util-linux procps python3-venv libvirt-dev pkg-config gcc python3-dev
 
 .PHONY: all deps venv nova-venv test unit lab-test demo install uninstall bench bench-recovery bench-rejoin lab-up lab-down \
         lab-status clean

@@ -21,7 +21,10 @@ setup(
         "keystoneauth1>=5.1,<6",
         "PyYAML>=6,<7",               # the pcs-templates inventory (openstacksdk needs it too)
     ],
-    extras_require={"test": ["pytest>=7", "jsonschema>=4.18"]},   # jsonschema: tests validate events
+    # jsonschema: tests validate events. libvirt-python: crashup_lib.health's libvirt backend (imported only when
+    # one is built); it compiles against the system's libvirt (Debian: libvirt-dev, pkg-config, gcc, python3-dev)
+    extras_require={"test": ["pytest>=7", "jsonschema>=4.18", "libvirt-python>=9.0"],
+                    "libvirt": ["libvirt-python>=9.0"]},
     entry_points={"console_scripts": ["crashup = crashup_lib.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",
