@@ -12,8 +12,11 @@ class FakeNova:
         self._servers = servers
         self.resets, self.evacuations = [], []
 
+    up = ("compute1", "compute2", "compute3")
+
     def services(self, host=None):
-        return [types.SimpleNamespace(host=h) for h in ("compute1", "compute2", "compute3")]
+        return [types.SimpleNamespace(host=h, state="up" if h in self.up else "down", forced_down=False,
+                                      status="enabled") for h in ("compute1", "compute2", "compute3")]
 
     def servers_on_host(self, host):
         return self._servers
@@ -121,6 +124,16 @@ def test_storm_guard_stops_automatic_evacuation(cluster):
     assert step.waiting and step.request.note == pipeline.STORM
     storm = [e for e in rec.emitter.events if e["type"] == "crashup.host.storm"]
     assert storm and storm[0]["payload"]["hosts"] == ["compute1", "compute2", "compute3"]
+
+
+def test_with_no_other_compute_up_evacuation_waits_instead_of_erroring_every_instance(cluster):
+    """A full cluster restart restarts every nova-compute: evacuating before one is back gives "No valid host"."""
+    nova = FakeNova([server("a")])
+    nova.up = ("compute1",)                               # only the failed host's record says up
+    rec = recovery(nova)
+    step = rec.recover(request())
+    assert step.waiting and step.request.note == pipeline.NO_TARGET and nova.evacuations == []
+    assert not [e for e in rec.emitter.events if e["type"] == "crashup.host.failed"]
 
 
 def test_closed_requests_and_old_failures_do_not_count_towards_a_storm(cluster):

@@ -20,6 +20,7 @@ FENCING_GRACE = 60.0
 REFENCE_AFTER = 15.0
 NOTIFIED = "notified: waiting for release"
 STORM = "storm guard: automatic evacuation stopped"
+NO_TARGET = "waiting for another nova-compute to be up to take the instances"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,17 @@ class Recovery:
             self._emit("crashup.host.storm", host, storm)
             req = self._save(req.moved_to("recovering", STORM))
             return Step(req, True, f"{req.node}: storm guard holds automatic evacuation ({storm['hosts']})")
+        if servers and not self._targets_up(host):
+            # nowhere to go (e.g. every nova-compute restarting with the cluster): evacuating now would only put
+            # the instances in ERROR with "No valid host"; the request waits, with a note that says why
+            if req.note != NO_TARGET:
+                req = self._save(req.moved_to("recovering", NO_TARGET))
+            return Step(req, True, f"{req.node}: no other nova-compute is up to take its instances: waiting")
         return self._evacuate(req, host, servers, repairs)
+
+    def _targets_up(self, host: str) -> bool:
+        return any(s.host != host and s.state == "up" and not s.forced_down and s.status == "enabled"
+                   for s in self.nova.services())
 
     def _unconfirmed(self, req: RecoveryRequest) -> Step:
         age = self.clock() - req.fenced_at
