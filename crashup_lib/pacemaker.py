@@ -209,8 +209,37 @@ def fencing_in_flight(node: str, timeout: float = 15.0) -> bool:
     return any(e.target == node and e.state == "pending" for e in fence_history(node, timeout))
 
 
+SETTLE_WAIT = 30.0                 # at most this long for the DC's transition to finish before fencing from outside
+
+
+def transition_running(timeout: float = 10.0) -> bool | None:
+    """Whether the DC is carrying out a transition (not S_IDLE); None when crmadmin cannot tell (no DC yet)."""
+    try:
+        dc = _run(["crmadmin", "--quiet", "--dc_lookup"], timeout).strip()
+        return _run(["crmadmin", "--quiet", "--status", dc], timeout).strip() != "S_IDLE" if dc else None
+    except PacemakerError:
+        return None
+
+
+def wait_settled(limit: float = SETTLE_WAIT, *, running=transition_running, sleep=time.sleep,
+                 clock=time.monotonic) -> bool:
+    """Wait until the DC runs no transition, at most `limit` seconds; True if it settled.
+
+    Before fencing from outside the scheduler: a fencing that cuts a remote node's connection under an action in
+    flight on it (after a cluster restart: the probes of that node) leaves Pacemaker 2.1 waiting for that action's
+    timeout plus cluster-delay (80 s in the lab) before it schedules anything else, such as the nova-computes that
+    must be up to take the node's instances."""
+    end = clock() + limit
+    while running() is not False:
+        if clock() >= end:
+            return False
+        sleep(0.5)
+    return True
+
+
 def request_fencing(node: str, timeout: float = 120.0) -> None:
     """Ask Pacemaker to fence `node` (reboot, through its fencing levels). Raises PacemakerError if it fails.
+    Callers let the DC's transition finish first (wait_settled).
 
     Then the remote node's connection resource is refreshed. Fencing from outside the scheduler (this) leaves
     Pacemaker 2.1 believing a remote connection that the fencing broke is still up once it has cleared the

@@ -51,6 +51,7 @@ def cluster(monkeypatch):
     monkeypatch.setattr(pacemaker, "fencing_in_flight", lambda node, timeout=15: state.get("in_flight", False))
     state["refenced"] = []
     monkeypatch.setattr(pacemaker, "request_fencing", lambda node, timeout=120: state["refenced"].append(node))
+    monkeypatch.setattr(pacemaker, "wait_settled", lambda: state["refenced"].append("settled") or True)
     monkeypatch.setattr(pacemaker, "request", lambda node, timeout=15: state["requests"].get(node))
     return state
 
@@ -78,7 +79,20 @@ def test_never_acts_before_fencing_is_confirmed(cluster):
     assert nova.resets == [] and step.request.note.startswith("fencing not confirmed")
     late.recover(step.request)                       # said once, not at every retry
     assert len(late.emitter.events) == 1
-    assert cluster["refenced"] == ["compute1"]       # no record and nothing in flight: fenced again, once a grace
+    # no record and nothing in flight: fenced again (once the DC's transition is over), once a grace
+    assert cluster["refenced"] == ["settled", "compute1"]
+
+
+def test_waiting_for_the_cluster_to_settle_is_bounded():
+    now = [0.0]
+    running = iter([True, True, None, False])
+    assert pacemaker.wait_settled(10, running=lambda: next(running), sleep=lambda s: now.__setitem__(0, now[0] + s),
+                                  clock=lambda: now[0])
+    assert now[0] == 1.5                             # a DC crmadmin cannot name yet counts as busy
+    now[0] = 0.0
+    assert not pacemaker.wait_settled(3, running=lambda: True, sleep=lambda s: now.__setitem__(0, now[0] + s),
+                                      clock=lambda: now[0])
+    assert now[0] == 3.0
 
 
 def test_a_fencing_in_flight_is_waited_for_not_repeated(cluster):

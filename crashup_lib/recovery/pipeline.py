@@ -90,6 +90,8 @@ class Recovery:
             self._refenced_at[req.node] = self.clock()
             LOG.warning("%s: no fencing recorded since the request (history lost in a cluster restart?): "
                         "fencing it again", req.node)
+            if not pacemaker.wait_settled():
+                LOG.info("%s: the cluster is still busy after %gs: fencing anyway", req.node, pacemaker.SETTLE_WAIT)
             try:
                 pacemaker.request_fencing(req.node)     # the level records the request anew: fenced_at moves on
             except pacemaker.PacemakerError as e:
