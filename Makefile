@@ -16,12 +16,13 @@ ETC_DIR ?= /etc/crashup
 BIN_DIR ?= /usr/local/bin
 
 # Debian packages the tests and the lab use (installed when running as root and missing); libvirt-dev, pkg-config,
-# gcc and python3-dev build libvirt-python (the Health Collector's libvirt backend, tested on libvirt's test driver)
+# gcc and python3-dev build libvirt-python (the Health Collector's libvirt backend, tested on libvirt's test driver);
+# mariadb-server: throwaway servers for the sweep's tests and bench (tests/lab/mariadb.py; ~35 s to install)
 DEBS := pacemaker pacemaker-cli-utils pcs corosync resource-agents fence-agents crmsh libxml2-utils ipmitool \
-        iproute2 util-linux procps python3-venv libvirt-dev pkg-config gcc python3-dev
+        iproute2 util-linux procps python3-venv libvirt-dev pkg-config gcc python3-dev mariadb-server
 
-.PHONY: all deps venv nova-venv test unit lab-test demo install uninstall bench bench-recovery bench-rejoin lab-up lab-down \
-        lab-status clean
+.PHONY: all deps venv nova-venv schemas-venv test unit lab-test demo install uninstall bench bench-recovery bench-rejoin \
+        bench-sweep lab-up lab-down lab-status clean
 
 all: venv
 
@@ -45,13 +46,17 @@ $(VENV)/.stamp: setup.py constraints.txt
 nova-venv: venv
 	$(PY) -m tests.lab.nova_env
 
-unit: deps venv
+# nova, cinder and glance with PyMySQL, whose own migrations make the real schemas (tests/lab/schemas.py; ~1 min)
+schemas-venv: venv
+	$(PY) -m tests.lab.schemas
+
+unit: deps venv schemas-venv
 	$(PY) -m pytest -m "not lab" $(PYTEST_ARGS)
 
 lab-test: deps venv nova-venv
 	$(PY) -m pytest -m lab $(PYTEST_ARGS)
 
-test: deps venv nova-venv
+test: deps venv nova-venv schemas-venv
 	$(PY) -m pytest -m "not lab" $(PYTEST_ARGS)
 	$(PY) -m pytest -m lab $(PYTEST_ARGS)
 
@@ -76,11 +81,15 @@ bench-recovery: deps venv nova-venv
 bench-rejoin: deps venv nova-venv
 	$(PY) bench/rejoin.py
 
+# the sweep's scan over 100k nova instance rows, on sqlite and on a throwaway MariaDB (~30 s)
+bench-sweep: deps venv schemas-venv
+	$(PY) bench/sweep.py
+
 # The library goes into its own virtualenv; agents keep `#!/usr/bin/env python3` in the tree and get that venv's
 # interpreter as their shebang here, so Pacemaker (which runs them by path, with its own PATH) finds the library.
 install:
 	test -x $(INSTALL_VENV)/bin/python3 || $(PYTHON) -m venv $(INSTALL_VENV)
-	$(INSTALL_VENV)/bin/python3 -m pip install -q --disable-pip-version-check -c constraints.txt .
+	$(INSTALL_VENV)/bin/python3 -m pip install -q --disable-pip-version-check -c constraints.txt ".[sweep]"
 	install -d $(DESTDIR)$(OCF_DIR) $(DESTDIR)$(SBIN_DIR) $(DESTDIR)$(ETC_DIR) $(DESTDIR)$(BIN_DIR)
 	for f in $(wildcard agents/*); do \
 	  sed '1s|^#!.*|#!$(INSTALL_VENV)/bin/python3|' $$f > $(DESTDIR)$(OCF_DIR)/$$(basename $$f); \

@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+SWEEP = ["SQLAlchemy>=2.0,<2.1", "PyMySQL>=1.0,<2"]
+
 setup(
     name="crashup",
     version="0.1.0",
@@ -22,9 +24,11 @@ setup(
         "PyYAML>=6,<7",               # the pcs-templates inventory (openstacksdk needs it too)
     ],
     # jsonschema: tests validate events. libvirt-python: crashup_lib.health's libvirt backend (imported only when
-    # one is built); it compiles against the system's libvirt (Debian: libvirt-dev, pkg-config, gcc, python3-dev)
-    extras_require={"test": ["pytest>=7", "jsonschema>=4.18", "libvirt-python>=9.0"],
-                    "libvirt": ["libvirt-python>=9.0"]},
+    # one is built); it compiles against the system's libvirt (Debian: libvirt-dev, pkg-config, gcc, python3-dev).
+    # sweep: the CrashUp sweep's database access (crashup_lib.stale.db, imported only by `crashup sweep`)
+    extras_require={"test": ["pytest>=7", "jsonschema>=4.18", "libvirt-python>=9.0", *SWEEP],
+                    "libvirt": ["libvirt-python>=9.0"],
+                    "sweep": SWEEP},
     entry_points={"console_scripts": ["crashup = crashup_lib.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",

@@ -7,6 +7,7 @@ import sys
 import time
 
 from crashup_lib import __version__, config
+from crashup_lib.log import redact
 
 
 def _load(args) -> config.Config:
@@ -25,6 +26,7 @@ def _config(args) -> int:
     for name in cfg:
         value = cfg[name]
         shown = " ".join(value) if isinstance(value, tuple) else value
+        shown = redact(str(shown))                  # the sweep's database URLs may hold a password
         print(f"{name:<{width}}  {shown!s:<30}  {cfg.sources[name]}")
     return 0
 
@@ -101,6 +103,12 @@ def _events(args) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _sweep(args) -> int:
+    from crashup_lib.stale import service
+    mode = "daemon" if args.daemon else "dry-run" if args.dry_run else "once"
+    return service.run(_load(args), mode)
 
 
 def _pcs(args) -> int:
@@ -198,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new", action="store_true", help="with --follow: only events from now on")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_events)
+    p = sub.add_parser("sweep", help="CrashUp: fix resources stuck in a task (nova, cinder, glance, neutron)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--once", action="store_true", help="one sweep, then exit (1 if a service or resource failed)")
+    g.add_argument("--dry-run", action="store_true", help="one sweep that prints what it would do, changing nothing")
+    g.add_argument("--daemon", action="store_true", help="a sweep every recovery_interval_period until SIGTERM")
+    p.set_defaults(run=_sweep)
     p = sub.add_parser("pcs", help="Pacemaker configuration from an inventory (pcs-templates/README.md)")
     p.add_argument("action", choices=("render", "apply"),
                    help="render: print the pcs script (or with --conf, the crashup.conf); apply: apply it now")
@@ -215,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crashup: {e}", file=sys.stderr)
         return 2
     except Exception as e:                      # a clear line, never a traceback
-        print(f"crashup: {type(e).__name__}: {e}", file=sys.stderr)
+        print(redact(f"crashup: {type(e).__name__}: {e}"), file=sys.stderr)
         return 1
 
 

@@ -4,7 +4,9 @@ Sources, lowest to highest precedence: built-in defaults < INI file (/etc/crashu
 < environment (CRASHUP_<OPTION>) < explicit overrides (an OCF agent's OCF_RESKEY_* parameters, CLI flags).
 The most specific source wins: a resource's parameters describe that resource. Every value is checked where it is
 read; a bad one stops the program with one line naming the key, the value, where it came from and what is allowed.
-Secrets are never option values: options name files or clouds.yaml entries that hold them.
+Secrets are never option values: options name files or clouds.yaml entries that hold them (the one exception, the
+sweep's database URLs, may hold a password as the services' own configuration does; each has a *_connection_file
+twin to keep it out of crashup.conf, and a password is redacted wherever a value is shown).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 import re
 from typing import Any, Callable, Iterable, Mapping
 
+from crashup_lib.log import redact
 from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
 
 DEFAULT_PATH = "/etc/crashup/crashup.conf"
@@ -160,6 +163,21 @@ def words() -> Kind:
     return Kind("a comma- or space-separated list", parse)
 
 
+DB_SCHEMES = ("sqlite", "sqlite+pysqlite", "mysql", "mysql+pymysql")
+
+
+def database_urls() -> Kind:
+    allowed = ("database URLs as the service's own [database] connection writes them, space-separated "
+               "(sqlite:///path, mysql+pymysql://user:password@host/db), or empty for none")
+
+    def parse(raw: str) -> tuple[str, ...]:
+        urls = tuple(raw.split())
+        if any(u.partition("://")[0] not in DB_SCHEMES or not u.partition("://")[1] for u in urls):
+            raise ValueError(allowed)
+        return urls
+    return Kind(allowed, parse)
+
+
 # --- the options ---------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +187,15 @@ class Option:
     kind: Kind
     default: str
     help: str
+
+
+def _connection(service: str, what: str) -> tuple[Option, Option]:
+    """The sweep's database of a service: URLs inline, or a file holding them (no password in crashup.conf)."""
+    return (Option(f"{service}_connection", "sweep", database_urls(), "",
+                   f"{what}, as URLs; empty: {service} is not swept"),
+            Option(f"{service}_connection_file", "sweep", optional_path(), "",
+                   f"a file (mode 0600) holding {service}_connection's URLs instead, one per line, so that no "
+                   "password sits in this file"))
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -222,6 +249,20 @@ OPTIONS: tuple[Option, ...] = (
            "file holding the HMAC key that signs webhook requests"),
     Option("hook_command", "events", optional_path(), "",
            "command run with each event as JSON on its standard input"),
+    # the CrashUp sweep (`crashup sweep`): a service is swept only when its database is configured
+    *_connection("nova", "the nova cell databases, cell0 and every cell (nova-manage cell_v2 list_cells --verbose "
+                         "shows them)"),
+    *_connection("cinder", "cinder's database"),
+    *_connection("glance", "glance's database"),
+    *_connection("neutron", "neutron's database"),
+    Option("db_timeout", "sweep", duration(1, 300), "10",
+           "bound on connecting to a service database, on each query, and on waiting for a sqlite lock"),
+    Option("libvirt_uri", "sweep", text(), "qemu+tcp://{host}/system",
+           "how the sweep reads an instance's guest ({host}: the instance's nova host); empty: nova instances are "
+           "not observed, hence never changed"),
+    Option("glance_datadirs", "sweep", words(), "/var/lib/glance/images",
+           "glance's filesystem_store_datadir(s), where the sweep checks an image's data; empty: images are not "
+           "observed, hence never changed"),
     # logging
     Option("debug", "logging", BOOLEAN, "no", "log debug messages"),
 )
@@ -308,7 +349,8 @@ def load(path: str | None = None, overrides: Mapping[str, str] | None = None,
         try:
             values[name] = option.kind.parse(value)
         except ValueError as e:
-            raise ConfigError(f"config: {name} = {value!r} (from {source}) is not allowed: expected {e}") from None
+            raise ConfigError(f"config: {name} = {redact(value)!r} (from {source}) is not allowed: expected {e}") \
+                from None
     return Config(values, {name: source for name, (_, source) in raw.items()})
 
 

@@ -171,6 +171,22 @@ def _mv_str(v: tuple[int, int]) -> str:
 
 # --- the client ------------------------------------------------------------------------------------------------------
 
+def cloud_session(cfg, error):
+    """(keystoneauth1 session, openstacksdk CloudRegion) for the clouds.yaml entry `cfg.cloud`; a failure is
+    raised as error("cannot load it from clouds.yaml: <first line>") (openstacksdk and keystoneauth raise many kinds;
+    all mean "cannot load the cloud")."""
+    try:
+        import openstack.config
+        files = [cfg.clouds_file] if getattr(cfg, "clouds_file", "") else None
+        region = openstack.config.OpenStackConfig(config_files=files).get_one(
+            cloud=cfg.cloud, region_name=cfg.region_name or None, interface=cfg.interface,
+            api_timeout=cfg.api_timeout)
+        return region.get_session(), region
+    except Exception as e:     # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise error(f"cannot load it from clouds.yaml: {first}") from None
+
+
 class Nova:
     def __init__(self, session, *, interface: str | None = "internal", region_name: str | None = None,
                  timeout: float = 30.0, endpoint_override: str | None = None):
@@ -188,20 +204,10 @@ class Nova:
     def from_config(cls, cfg) -> "Nova":
         """From a crashup Config: the clouds.yaml entry `cloud` (OS_CLIENT_CONFIG_FILE honoured, secure.yaml too),
         region_name, interface, api_timeout."""
-        try:
-            import openstack.config
-            files = [cfg.clouds_file] if getattr(cfg, "clouds_file", "") else None
-            region = openstack.config.OpenStackConfig(config_files=files).get_one(
-                cloud=cfg.cloud, region_name=cfg.region_name or None, interface=cfg.interface,
-                api_timeout=cfg.api_timeout)
-            session = region.get_session()
-            endpoint = region.get_endpoint("compute")     # compute_endpoint_override / endpoint_override, if any
-        except Exception as e:     # openstacksdk and keystoneauth raise many kinds; all mean "cannot load the cloud"
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise NovaError("config", f"cloud {cfg.cloud!r}", f"cannot load it from clouds.yaml: {first}") from None
+        session, region = cloud_session(cfg, lambda why: NovaError("config", f"cloud {cfg.cloud!r}", why))
         return cls(session, interface=region.get_interface("compute") or cfg.interface,
                    region_name=region.get_region_name("compute") or cfg.region_name or None,
-                   timeout=cfg.api_timeout, endpoint_override=endpoint)
+                   timeout=cfg.api_timeout, endpoint_override=region.get_endpoint("compute"))
 
     # -- plumbing ----------------------------------------------------------------------------------------------------
     def _deadline(self) -> float:
