@@ -1,0 +1,37 @@
+"""The lab's hypervisor as a Health Collector backend.
+
+The lab's computes run nova's fake virt driver inside the nova box, so there is no libvirt to ask: this backend reads
+the same fake hypervisor nova-compute drives (GET /novabox/computes/<host>/guests) and answers like
+crashup_lib.health.LibvirtBackend does for a real host: running / paused / suspended / shut_off from the guest's
+power state, absent when the hypervisor does not hold it, unknown when the host's nova-compute (the lab's stand-in
+for libvirtd) is not running. It keeps the health.Backend contract, so the sweep under test is the real one.
+"""
+from __future__ import annotations
+
+from crashup_lib import health
+from crashup_lib.stale.rules import ABSENT, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKNOWN
+
+# the box names the fake driver's nova.compute.power_state per guest; read as nova reads libvirt's (health.py)
+POWER_REALITIES = {"running": RUNNING, "paused": PAUSED, "shutdown": SHUT_OFF, "crashed": SHUT_OFF,
+                   "suspended": SUSPENDED}
+
+
+class FakeHypervisorBackend:
+    level = health.RESOURCE
+
+    def __init__(self, box, *, timeout: float = 10.0, name: str = "lab hypervisor"):
+        self.box, self.timeout, self.name = box, timeout, name
+        self.calls: list[str] = []
+
+    def observe(self, resource: health.Resource) -> health.Observation:
+        self.calls.append(resource.id)
+        if not resource.host:
+            return health.Observation(UNKNOWN, "no host", self.name)
+        view = self.box.control("GET", f"computes/{resource.host}/guests")
+        if not view.get("running"):
+            return health.Observation(UNKNOWN, f"{resource.host}: hypervisor not answering", self.name)
+        power = view.get("power_states", {}).get(resource.id)
+        if power is None:
+            return health.Observation(ABSENT, f"{resource.host}: no guest {resource.id}", self.name)
+        reality = POWER_REALITIES.get(power, UNKNOWN)
+        return health.Observation(reality, f"{resource.host}: guest power state {power}", self.name)
