@@ -11,8 +11,6 @@ Standard library only: this runs under crashup's venv or a plain python3.  The b
 from __future__ import annotations
 
 import argparse
-import fcntl
-import hashlib
 import json
 import os
 import pathlib
@@ -24,15 +22,13 @@ import urllib.error
 import urllib.request
 from typing import Any, Iterable, Sequence
 
-from tests.lab import topology
+from tests.lab import topology, venvs
 
 NOVABOX_DIR = pathlib.Path(__file__).resolve().parent / "novabox"
 SERVER = NOVABOX_DIR / "server.py"
 REQUIREMENTS = NOVABOX_DIR / "requirements.txt"
 CONSTRAINTS = NOVABOX_DIR / "constraints.txt"
-BASE_PYTHON = "/usr/bin/python3"
 STAMP_NAME = ".crashup-novabox-stamp"
-LOCK_NAME = ".crashup-novabox-lock"
 PID_FILE = "novabox.pid"
 STATE_FILE = "state.json"
 READY_PREFIX = "NOVABOX READY "
@@ -59,70 +55,28 @@ def _log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # the venv
 # ----------------------------------------------------------------------------------------------------------------------
-def requirements_hash() -> str:
-    h = hashlib.sha256()
-    for path in (REQUIREMENTS, CONSTRAINTS):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    h.update(BASE_PYTHON.encode())
-    return h.hexdigest()
+VENV_SPEC = venvs.PinnedVenv(
+    "nova venv", topology.NOVA_VENV, REQUIREMENTS, (CONSTRAINTS,), STAMP_NAME,
+    # the harness imports that fail here would fail later inside the box with a longer story
+    checks=("import nova.tests.functional.integrated_helpers, placement.deploy, sqlalchemy; "
+            "assert sqlalchemy.__version__.startswith('2.0.'), sqlalchemy.__version__",),
+    check_env=(("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1"),))
 
 
 def venv_python(venv: os.PathLike | str | None = None) -> pathlib.Path:
-    return pathlib.Path(venv or topology.NOVA_VENV) / "bin" / "python"
+    return VENV_SPEC.python(venv)
 
 
 def venv_is_current(venv: os.PathLike | str | None = None) -> bool:
-    venv = pathlib.Path(venv or topology.NOVA_VENV)
-    try:
-        stamp = (venv / STAMP_NAME).read_text().strip()
-    except OSError:
-        return False
-    return stamp == requirements_hash() and os.access(venv_python(venv), os.X_OK)
+    return VENV_SPEC.is_current(venv)
 
 
 def ensure_nova_venv(venv: os.PathLike | str | None = None, *, force: bool = False, quiet: bool = False) -> pathlib.Path:
-    """Create or refresh the nova venv; returns its path.  Idempotent: when the stamp file holds the hash of
-    requirements.txt + constraints.txt it returns at once.  Concurrent callers serialize on a lock file."""
-    venv = pathlib.Path(venv or topology.NOVA_VENV)
-    t0 = time.monotonic()
-    say = (lambda m: None) if quiet else _log
-    if not force and venv_is_current(venv):
-        say(f"nova venv {venv} up to date ({time.monotonic() - t0:.2f} s)")
-        return venv
-    venv.mkdir(parents=True, exist_ok=True)
-    with open(venv / LOCK_NAME, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and venv_is_current(venv):     # another caller finished it while we waited
-            say(f"nova venv {venv} up to date ({time.monotonic() - t0:.2f} s)")
-            return venv
-        want = requirements_hash()
-        (venv / STAMP_NAME).unlink(missing_ok=True)
-        py = venv_python(venv)
-        if not os.access(py, os.X_OK):
-            say(f"creating {venv} with {BASE_PYTHON} -m venv")
-            _run([BASE_PYTHON, "-m", "venv", str(venv)])
-        say(f"pip install -r {REQUIREMENTS.name} -c {CONSTRAINTS.name} (a fresh install takes ~1-2 min)")
-        t1 = time.monotonic()
-        _run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q",
-              "-r", str(REQUIREMENTS), "-c", str(CONSTRAINTS)])
-        say(f"pip install done in {time.monotonic() - t1:.1f} s")
-        # the harness imports that fail here would fail later inside the box with a longer story
-        _run([str(py), "-c", "import nova.tests.functional.integrated_helpers, placement.deploy, sqlalchemy; "
-              "assert sqlalchemy.__version__.startswith('2.0.'), sqlalchemy.__version__"],
-             env=dict(os.environ, OS_NOVA_DISABLE_EVENTLET_PATCHING="1"))
-        tmp = venv / (STAMP_NAME + ".tmp")
-        tmp.write_text(want + "\n")
-        os.replace(tmp, venv / STAMP_NAME)
-    say(f"nova venv {venv} ready in {time.monotonic() - t0:.1f} s")
-    return venv
-
-
-def _run(cmd: Sequence[str], env: dict | None = None) -> None:
-    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       text=True, env=env)
-    if p.returncode != 0:
-        tail = "\n".join(p.stdout.splitlines()[-40:])
-        raise NovaEnvError(f"{' '.join(cmd)} failed (exit {p.returncode}):\n{tail}")
+    """Create or refresh the nova venv (tests/lab/venvs.py); returns its path."""
+    try:
+        return VENV_SPEC.ensure(venv, force=force, quiet=quiet, say=_log)
+    except venvs.VenvError as e:
+        raise NovaEnvError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------

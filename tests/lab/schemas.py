@@ -27,18 +27,17 @@ import time
 import urllib.parse
 from typing import Sequence
 
+from tests.lab import venvs
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BOX_DIR = pathlib.Path(__file__).resolve().parent / "schemabox"
 SYNC = BOX_DIR / "sync.py"
 REQUIREMENTS = BOX_DIR / "requirements.txt"
 CONSTRAINTS = (REPO / "tests" / "lab" / "novabox" / "constraints.txt", BOX_DIR / "constraints.txt")
 VENV = pathlib.Path(os.environ.get("CRASHUP_SCHEMAS_VENV", REPO / ".venv-schemas"))
-BASE_PYTHON = "/usr/bin/python3"
 STAMP_NAME = ".crashup-schemas-stamp"
-LOCK_NAME = ".crashup-schemas-lock"
 CACHE_DIR = "sqlite-cache"
 SERVICES = ("cinder", "glance", "nova")
-INSTALL_TIMEOUT = 900.0      # a cold pip cache: ~1-3 min here; the bound only stops a hung index
 SYNC_TIMEOUT = 300.0         # nova's migrations on MariaDB take ~20 s; sqlite ~2 s per service
 
 
@@ -53,88 +52,31 @@ def _log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # the venv
 # ----------------------------------------------------------------------------------------------------------------------
-def requirements_hash() -> str:
-    h = hashlib.sha256()
-    for path in (REQUIREMENTS, *CONSTRAINTS):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    h.update(BASE_PYTHON.encode())
-    return h.hexdigest()
+VENV_SPEC = venvs.PinnedVenv(
+    "schemas venv", VENV, REQUIREMENTS, CONSTRAINTS, STAMP_NAME,
+    checks=tuple(f"import {m}" for m in ("cinder.db.migration", "glance.cmd.manage", "nova.db.migration", "pymysql")),
+    check_env=(("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1"), ("PYTHONWARNINGS", "ignore")))
 
 
 def venv_python(venv: os.PathLike | str | None = None) -> pathlib.Path:
-    return pathlib.Path(venv or VENV) / "bin" / "python"
+    return VENV_SPEC.python(venv)
 
 
 def venv_is_current(venv: os.PathLike | str | None = None) -> bool:
-    venv = pathlib.Path(venv or VENV)
-    try:
-        stamp = (venv / STAMP_NAME).read_text().strip()
-    except OSError:
-        return False
-    return stamp == requirements_hash() and os.access(venv_python(venv), os.X_OK)
+    return VENV_SPEC.is_current(venv)
 
 
 def ensure_venv(venv: os.PathLike | str | None = None, *, force: bool = False, quiet: bool = False) -> pathlib.Path:
-    """Create or refresh the schemas venv; returns its path.  Idempotent: returns at once when the stamp holds the
-    hash of the requirements and constraints.  Concurrent callers serialize on a lock file."""
-    venv = pathlib.Path(venv or VENV)
-    t0 = time.monotonic()
-    say = (lambda m: None) if quiet else _log
-    if not force and venv_is_current(venv):
-        say(f"schemas venv {venv} up to date ({time.monotonic() - t0:.2f} s)")
-        return venv
-    venv.mkdir(parents=True, exist_ok=True)
-    with open(venv / LOCK_NAME, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and venv_is_current(venv):     # another caller finished it while we waited
-            say(f"schemas venv {venv} up to date ({time.monotonic() - t0:.2f} s)")
-            return venv
-        want = requirements_hash()
-        (venv / STAMP_NAME).unlink(missing_ok=True)
-        shutil.rmtree(venv / CACHE_DIR, ignore_errors=True)
-        py = venv_python(venv)
-        if not os.access(py, os.X_OK):
-            say(f"creating {venv} with {BASE_PYTHON} -m venv")
-            _run([BASE_PYTHON, "-m", "venv", str(venv)], "python -m venv", 120)
-        say("pip install nova, cinder, glance, PyMySQL (pinned; a fresh install takes ~1-2 min)")
-        t1 = time.monotonic()
-        cmd = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q",
-               "-r", str(REQUIREMENTS)]
-        for c in CONSTRAINTS:
-            cmd += ["-c", str(c)]
-        _run(cmd, "pip install", INSTALL_TIMEOUT)
-        say(f"pip install done in {time.monotonic() - t1:.1f} s")
-        # one process per service: each registers its options on oslo.config's global CONF, and they clash
-        for mod in ("cinder.db.migration", "glance.cmd.manage", "nova.db.migration", "pymysql"):
-            _run([str(py), "-c", f"import {mod}"], f"import {mod}", 120, env=_env())
-        tmp = venv / (STAMP_NAME + ".tmp")
-        tmp.write_text(want + "\n")
-        os.replace(tmp, venv / STAMP_NAME)
-    say(f"schemas venv {venv} ready in {time.monotonic() - t0:.1f} s")
-    return venv
+    """Create or refresh the schemas venv (tests/lab/venvs.py); its sqlite cache goes with a reinstall."""
+    try:
+        return VENV_SPEC.ensure(venv, force=force, quiet=quiet, say=_log,
+                                on_reinstall=lambda v: shutil.rmtree(v / CACHE_DIR, ignore_errors=True))
+    except venvs.VenvError as e:
+        raise SchemaError(str(e)) from None
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, OS_NOVA_DISABLE_EVENTLET_PATCHING="1", PYTHONWARNINGS="ignore")
-    for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):     # crashup's venv must not leak into the services'
-        env.pop(var, None)
-    return env
-
-
-def _run(cmd: Sequence[str], what: str, timeout: float, env: dict | None = None) -> None:
-    try:
-        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise SchemaError(f"schemas venv: {what} did not finish within {timeout:.0f} s") from None
-    if p.returncode != 0:
-        raise SchemaError(f"schemas venv: {what} failed (exit {p.returncode}): {_last_line(p.stdout)}")
-
-
-def _last_line(text: str) -> str:
-    """The line that says why: the last non-blank, non-indented line (a traceback's exception line)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "\t"))]
-    return lines[-1][:400] if lines else "(no output)"
+    return VENV_SPEC.env()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -174,7 +116,7 @@ def make_schema(service: str, url: str, *, venv: os.PathLike | str | None = None
     ok = [ln for ln in p.stdout.splitlines() if ln.startswith(f"SCHEMA OK {service} ")]
     if p.returncode != 0 or not ok:
         fail = [ln[len("SCHEMA FAIL "):] for ln in p.stdout.splitlines() if ln.startswith("SCHEMA FAIL ")]
-        why = redact(fail[-1][:400] if fail else _last_line(p.stderr + "\n" + p.stdout), url)
+        why = redact(fail[-1][:400] if fail else venvs.last_line(p.stderr + "\n" + p.stdout), url)
         raise SchemaError(f"{service} db sync on {_safe_url(url)} failed (exit {p.returncode}): {why}")
     return ok[-1].split(" ", 3)[3]
 
