@@ -13,6 +13,8 @@ Backends have one of two levels:
 - resource: says what the resource itself is: libvirt (`LibvirtBackend`), glance's filesystem store
   (`GlanceFileBackend`), and for cinder and neutron any object keeping the `Backend` contract (`StaticBackend` is the
   trivial one, by resource id).
+Listings, for the sweep's orphan pass (what exists that no row describes): `LibvirtBackend.list_guests(host)` and
+`GlanceFileBackend.list_files(datadir)`, under the same time bound as observe() (HealthError, one line, on failure).
 A route (`Collector(routes=...)`, by (service, kind) or service) lists host backends then resource backends; the
 answers are combined by `combine()`: any host_down wins (and the later backends are not asked: a powered-off host's
 libvirt would only time out), else the first resource-level answer that is not unknown, else unknown.
@@ -82,6 +84,22 @@ class Observation:
     source: str = ""              # which backend said it ("libvirt qemu+tcp://cmp1/system", "ipmi 10.0.0.5:623")
     tries: int = 1                # how many times the collector asked
     settled: bool = True          # False: unknown only because the deadline left no time for every retry
+
+
+@dataclasses.dataclass(frozen=True)
+class Guest:
+    """One libvirt domain as listed on a host (LibvirtBackend.list_guests): nova names a guest by its UUID."""
+    uuid: str
+    name: str
+    state: str                    # LIBVIRT_STATE_NAMES: running, shutoff, paused, ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredFile:
+    """One regular file in a glance filesystem store directory (GlanceFileBackend.list_files)."""
+    name: str                     # glance names an image's data file by the image id
+    path: str
+    size: int
 
 
 # ------------------------------------------------------------------------------------------------ pure mappings
@@ -224,6 +242,7 @@ class LibvirtBackend:
         self._uri = uri
         self.timeout, self.name = timeout, name
         self._lv = _libvirt()
+        self._listing = _Bounded()       # list_guests' own bound (observe() is bounded by the collector)
 
     def uri(self, host: str | None) -> str:
         if callable(self._uri):
@@ -253,6 +272,34 @@ class LibvirtBackend:
                                + (" with a managed-save image" if managed else ""), source)
         except lv.libvirtError as e:
             return Observation(UNKNOWN, f"reading domain {resource.id} on {uri}: {_line(e)}", source)
+        finally:
+            try:
+                conn.close()
+            except lv.libvirtError:
+                pass
+
+    def list_guests(self, host: str | None) -> list[Guest]:
+        """Every domain (running or only defined) of the host's libvirt, read-only, within `timeout` (a hung
+        libvirtd is abandoned as observe() is: see _Bounded). HealthError, one line, when it cannot be listed."""
+        uri = self.uri(host)
+        return self._listing.call(f"{self.name} list:{uri}", lambda: self._list(uri),
+                                  _time_left(self.timeout), f"{self.name} {uri}: listing guests")
+
+    def _list(self, uri: str) -> list[Guest]:
+        lv = self._lv
+        conn = lv.openReadOnly(uri)
+        try:
+            guests = []
+            for domain in conn.listAllDomains(0):
+                try:
+                    state = domain.state()[0]
+                except lv.libvirtError as e:
+                    if e.get_error_code() == VIR_ERR_NO_DOMAIN:
+                        continue                # gone since the list was read
+                    raise
+                shown = LIBVIRT_STATE_NAMES[state] if 0 <= state < len(LIBVIRT_STATE_NAMES) else f"state-{state}"
+                guests.append(Guest(domain.UUIDString(), domain.name(), shown))
+            return guests
         finally:
             try:
                 conn.close()
@@ -338,6 +385,13 @@ class GlanceFileBackend:
                  "/tmp/staging", verify_digest: bool = True, timeout: float = 60.0, name: str = "glance-file"):
         self.datadirs, self.staging_dir = tuple(datadirs), staging_dir
         self.verify_digest, self.timeout, self.name = verify_digest, timeout, name
+        self._listing = _Bounded()
+
+    def list_files(self, datadir: str) -> list[StoredFile]:
+        """The regular files of one store directory, within `timeout` (an NFS store can hang). HealthError, one
+        line, when it cannot be listed."""
+        return self._listing.call(f"{self.name} list:{datadir}", lambda: _files(datadir), _time_left(self.timeout),
+                                  f"{self.name} {datadir}: listing files")
 
     def _candidates(self, resource: Resource) -> list[str]:
         paths = []
@@ -367,6 +421,12 @@ class GlanceFileBackend:
         if staged:
             seen += f"; staged in {self.staging_dir}"
         return Observation(reality, seen, self.name)
+
+
+def _files(directory: str) -> list[StoredFile]:
+    with os.scandir(directory) as entries:
+        return [StoredFile(e.name, e.path, e.stat(follow_symlinks=False).st_size) for e in entries
+                if e.is_file(follow_symlinks=False)]
 
 
 def _digest_matches(path: str, record: Mapping[str, Any]) -> bool | None:
@@ -400,10 +460,18 @@ class _Bounded:
                  inline: bool = False) -> Observation:
         if inline and threading.current_thread() is threading.main_thread():
             return self._inline(fn, timeout, what)
+        try:
+            return self.call(key, fn, timeout, what)
+        except HealthError as e:
+            return Observation(UNKNOWN, str(e))
+
+    def call(self, key: str, fn: Callable[[], Any], timeout: float, what: str) -> Any:
+        """fn() in a daemon worker joined with `timeout`: its value, or HealthError (one line starting with
+        `what`) when it timed out, still hangs since an earlier call, or raised."""
         with self._lock:
             previous, after = self._hung.get(key, (None, 0.0))
             if previous is not None and previous.is_alive():
-                return Observation(UNKNOWN, f"{what}: timed out after {after:g}s and is still hanging")
+                raise HealthError(f"{what}: timed out after {after:g}s and is still hanging")
             self._hung.pop(key, None)
         box: list = []
 
@@ -419,11 +487,13 @@ class _Bounded:
         if worker.is_alive():
             with self._lock:
                 self._hung[key] = (worker, timeout)
-            return Observation(UNKNOWN, f"{what}: timed out after {timeout:g}s")
+            raise HealthError(f"{what}: timed out after {timeout:g}s")
         if not box:
-            return Observation(UNKNOWN, f"{what}: the call ended without an answer")
+            raise HealthError(f"{what}: the call ended without an answer")
         status, value = box[0]
-        return Observation(UNKNOWN, f"{what}: {_line(value)}") if status == "error" else value
+        if status == "error":
+            raise HealthError(f"{what}: {_line(value)}")
+        return value
 
     @staticmethod
     def _inline(fn, timeout: float, what: str) -> Observation:
@@ -438,6 +508,14 @@ class _Bounded:
             return Observation(UNKNOWN, f"{what}: timed out after {timeout:g}s")
         except Exception as e:
             return Observation(UNKNOWN, f"{what}: {_line(e)}")
+
+
+def _time_left(timeout: float) -> float:
+    """A call's bound: its own timeout, lowered to answer before the nearest crashup_lib.deadline fires."""
+    left = deadline.remaining()
+    if left is None:
+        return timeout
+    return max(0.0, min(timeout, left - min(0.5, left / 10)))
 
 
 # ------------------------------------------------------------------------------------------------ the collector
@@ -500,10 +578,7 @@ class Collector:
         return Observation(reality, why.detail, why.source)
 
     def _ask(self, backend: Backend, resource: Resource) -> Observation:
-        timeout = backend.timeout
-        left = deadline.remaining()
-        if left is not None:
-            timeout = max(0.0, min(timeout, left - min(0.5, left / 10)))   # answer before the deadline fires
+        timeout = _time_left(backend.timeout)
         key = f"{backend.name}:{resource.host or ''}" if backend.level == HOST or resource.host else \
             f"{backend.name}:{resource.id}"
         obs = self._bounded(key, lambda: backend.observe(resource), timeout, f"{backend.name} about {resource}",

@@ -201,3 +201,26 @@ def validator():
     from crashup_lib.recovery import events
     return jsonschema.Draft202012Validator(events.load_schema(),
                                            format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def sweep_daemon(tmp_path, conf, marker: str, count: int = 2) -> str:
+    """Run `crashup sweep --daemon` on `conf` until its log says `marker` `count` times (at most 60 s), stop it with
+    SIGTERM (it must exit 0) and return what it logged."""
+    import signal
+    import sys
+    import time
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRASHUP_", "OS_", "INVOCATION_ID"))}
+    log = tmp_path / "sweep-daemon.stderr"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "crashup_lib.cli", "--config", str(conf), "sweep",
+                                 "--daemon"], stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while log.read_text().count(marker) < count and time.monotonic() < deadline:
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return log.read_text()

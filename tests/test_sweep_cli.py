@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.stale_helpers import Rows, add_instance, nova_cell_pristine
+from tests.stale_helpers import Rows, add_instance, nova_cell_pristine, sweep_daemon
 
 __all__ = ["nova_cell_pristine"]
 PASSWORD = "Cl3ar-Text-Pw"
@@ -99,28 +99,12 @@ def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path, nova_cell_pristin
 
 
 def test_the_daemon_sweeps_every_interval_and_exits_cleanly_on_sigterm(tmp_path, nova_cell_pristine):
-    import signal
-    import time
     cell = tmp_path / "cell1.sqlite"
     shutil.copyfile(nova_cell_pristine, cell)
     conf = tmp_path / "crashup.conf"
     conf.write_text(EVENTS.format(journal=tmp_path / "ev.jsonl")
                     + f"[sweep]\nnova_connection = sqlite:///{cell}\nlibvirt_uri =\n"
                     + "[recovery]\nrecovery_interval_period = 1\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRASHUP_", "OS_", "INVOCATION_ID"))}
-    log = tmp_path / "stderr"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "crashup_lib.cli", "--config", str(conf), "sweep",
-                                 "--daemon"], stdout=subprocess.DEVNULL, stderr=err, env=env)
-        try:
-            deadline = time.monotonic() + 60
-            while log.read_text().count("sweep: 0 stuck") < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    text = log.read_text()
+    text = sweep_daemon(tmp_path, conf, "sweep: 0 stuck")
     assert text.count("sweep: 0 stuck") >= 2 and "SIGTERM: stopping" in text and "daemon stopped" in text
     assert "Traceback" not in text

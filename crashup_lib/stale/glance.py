@@ -73,3 +73,15 @@ class GlanceSweeper:
         if values.get("deleted") and not stuck.extra.get("deleted"):
             values.setdefault("deleted_at", now)
         return self.db.cas_update(self._images(), {"id": stuck.id}, stuck.expect, values, now=now)
+
+    def image_rows(self, ids) -> dict[str, dict[str, Any]]:
+        """id -> its image row, deleted ones too (the orphan pass, stale/orphans.py)."""
+        import sqlalchemy as sa
+        t = self._images()
+        ids = sorted(set(ids))
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):                   # bounded IN lists
+            for row in self.db.rows(sa.select(t.c.id, t.c.status, t.c.deleted, t.c.deleted_at, t.c.updated_at)
+                                    .where(t.c.id.in_(ids[i:i + 500]))):
+                found[row["id"]] = row
+        return found

@@ -18,6 +18,7 @@ from crashup_lib.stale.scan import Stuck, stale_clause
 
 COLUMNS = ("id", "uuid", "host", "node", "vm_state", "task_state", "power_state", "updated_at", "created_at",
            "deleted")
+PLACEMENT_COLUMNS = ("uuid", "host", "vm_state", "task_state", "deleted", "deleted_at")
 INSTANCE_NAME = "instance-%08x"     # nova's default instance_name_template: the libvirt domain's name
 
 
@@ -73,3 +74,34 @@ class NovaSweeper:
 
     def cas(self, stuck: Stuck, values: Mapping[str, Any]) -> bool:
         return stuck.db.cas_update(self._table(stuck), {"uuid": stuck.id, "deleted": 0}, stuck.expect, values)
+
+    # ------------------------------------------------------------------ what the orphan pass reads (stale/orphans.py)
+    def hosts(self) -> set[str]:
+        """The hosts of the non-deleted instances of every cell."""
+        return self._hosts_of("instances", PLACEMENT_COLUMNS)
+
+    def compute_hosts(self) -> set[str]:
+        """The hosts of the cells' compute nodes (a hypervisor with no instance left may still hold guests)."""
+        return self._hosts_of("compute_nodes", ("host", "deleted"))
+
+    def _hosts_of(self, table: str, columns: Sequence[str]) -> set[str]:
+        import sqlalchemy as sa
+        found: set[str] = set()
+        for cell in self.cells:
+            t = cell.table(table, columns)
+            query = sa.select(t.c.host).where(t.c.deleted == 0, t.c.host.is_not(None)).distinct()
+            found |= {r["host"] for r in cell.rows(query)}
+        return found
+
+    def placements(self, uuids) -> dict[str, list[dict[str, Any]]]:
+        """uuid -> its instance rows in every cell, deleted ones too (PLACEMENT_COLUMNS)."""
+        import sqlalchemy as sa
+        uuids = sorted(set(uuids))
+        found: dict[str, list[dict[str, Any]]] = {}
+        for cell in self.cells:
+            t = cell.table("instances", PLACEMENT_COLUMNS)
+            for i in range(0, len(uuids), 500):             # bounded IN lists
+                for row in cell.rows(sa.select(*[t.c[c] for c in PLACEMENT_COLUMNS])
+                                     .where(t.c.uuid.in_(uuids[i:i + 500]))):
+                    found.setdefault(row["uuid"], []).append(row)
+        return found
