@@ -108,7 +108,10 @@ def _events(args) -> int:
 def _sweep(args) -> int:
     from crashup_lib.stale import service
     mode = "daemon" if args.daemon else "dry-run" if args.dry_run else "once"
-    return service.run(_load(args), mode)
+    if args.state_dir and mode != "daemon":
+        print("crashup: --state-dir goes with --daemon", file=sys.stderr)
+        return 2
+    return service.run(_load(args), mode, state_dir=args.state_dir)
 
 
 def _pcs(args) -> int:
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--once", action="store_true", help="one sweep, then exit (1 if a service or resource failed)")
     g.add_argument("--dry-run", action="store_true", help="one sweep that prints what it would do, changing nothing")
     g.add_argument("--daemon", action="store_true", help="a sweep every recovery_interval_period until SIGTERM")
+    p.add_argument("--state-dir", help="with --daemon: keep sweep.pid and sweep.heartbeat here (Pacemaker's agent "
+                                       "ocf:crashup:crashup daemon=sweep watches them)")
     p.set_defaults(run=_sweep)
     p = sub.add_parser("pcs", help="Pacemaker configuration from an inventory (pcs-templates/README.md)")
     p.add_argument("action", choices=("render", "apply"),

@@ -17,6 +17,7 @@ from crashup_lib import config, localservice
 from crashup_lib.pacemaker import STATE_ATTRIBUTE
 NOVA_COMPUTE = "nova-compute"             # the clone's primitive; the clone is NOVA_COMPUTE + "-clone"
 CRASHUP = "crashup"                       # the recovery daemon's resource
+SWEEP = "crashup-sweep"                   # the CrashUp sweep's resource, when the inventory gives it a database
 NOVA_FENCE = "crashup-nova"               # the shared fence_crashup_nova device
 #: config.py sections an inventory may carry, written to crashup.conf as they are ([pacemaker] host_map is derived)
 CONF_SECTIONS = tuple(s for s in config.SECTIONS if s != "pacemaker")
@@ -90,6 +91,11 @@ class Inventory:
     tuning: Tuning = Tuning()
     source: str = "inventory"
     warnings: tuple[str, ...] = ()
+
+    @property
+    def sweeps(self) -> bool:
+        """The inventory's [sweep] names a database: the sweep gets its own resource."""
+        return any(v for k, v in self.conf.get("sweep", {}).items() if k.endswith(("_connection", "_connection_file")))
 
     @property
     def host_map(self) -> dict[str, str]:
@@ -367,9 +373,16 @@ def commands(inv: Inventory) -> list[list[str]]:
     cmds.append(["resource", "create", CRASHUP, "ocf:crashup:crashup", f"config={inv.config_file}",
                  f"state_dir={inv.state_dir}", "op", "monitor", f"interval={_s(t.crashup_monitor_interval)}",
                  f"timeout={_s(t.crashup_monitor_timeout)}", "--force"])
-    for name in names:         # never run nor probed on a compute node: the daemon belongs on controllers
-        cmds.append(["constraint", "location", "add", f"{CRASHUP}-not-on-{name}", CRASHUP, name,
-                     "--", "-INFINITY", "resource-discovery=never"])
+    daemons = [CRASHUP]
+    if inv.sweeps:             # the same agent runs the sweep: its own pid and heartbeat in the same state_dir
+        cmds.append(["resource", "create", SWEEP, "ocf:crashup:crashup", "daemon=sweep", f"config={inv.config_file}",
+                     f"state_dir={inv.state_dir}", "op", "monitor", f"interval={_s(t.crashup_monitor_interval)}",
+                     f"timeout={_s(t.crashup_monitor_timeout)}", "--force"])
+        daemons.append(SWEEP)
+    for daemon in daemons:     # never run nor probed on a compute node: the daemons belong on controllers
+        for name in names:
+            cmds.append(["constraint", "location", "add", f"{daemon}-not-on-{name}", daemon, name,
+                         "--", "-INFINITY", "resource-discovery=never"])
     n = inv.nova_compute
     params = [f"config={inv.config_file}", f"backend={n.backend}"]
     params += [f"unit={n.unit}"] if n.backend == "systemd" else [

@@ -41,6 +41,22 @@ def test_controller_agent_passes_ocf_tester(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_controller_agent_runs_the_sweep_under_ocf_tester(tmp_path):
+    """daemon=sweep: the same life cycle for `crashup sweep --daemon`, beside a recovery daemon's files. Its database
+    is missing: each round says so in one line and the daemon lives on (monitor stays 0)."""
+    conf = tmp_path / "crashup.conf"
+    conf.write_text(f"[sweep]\nnova_connection = sqlite:///{tmp_path}/missing.sqlite\n")
+    result = run(["ocf-tester", "-n", "crashup-sweep", "-o", "daemon=sweep", "-o", f"state_dir={tmp_path}/state",
+                  "-o", f"config={conf}", REPO / "agents" / "crashup"],
+                 env=agent_env(OCF_ROOT="/usr/lib/ocf"), timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    no_db = tmp_path / "none.conf"
+    no_db.write_text("[recovery]\nmode = auto\n")
+    env = agent_env(OCF_RESKEY_daemon="sweep", OCF_RESKEY_config=str(no_db), OCF_RESKEY_state_dir=str(tmp_path))
+    result = run([REPO / "agents" / "crashup", "validate-all"], env=env)
+    assert result.returncode == 6 and "the sweep has no database to sweep" in result.stderr
+
+
 @pytest.mark.parametrize("agent", FENCE_AGENTS, ids=lambda p: p.name)
 @pytest.mark.parametrize("text", ["garbage\n", "action=frobnicate\n", "\x00\x01=\x02\n"])
 def test_fence_agents_fail_cleanly_on_bad_input(agent, text):

@@ -88,6 +88,18 @@ def test_options_reach_the_commands():
     assert "config_file=/etc/c/c.conf" in next(c for c in cmds if "crashup-nova" in c[2:3])
 
 
+def test_a_sweep_database_adds_the_sweep_resource_beside_the_daemon():
+    assert not any(pcs.SWEEP in c for c in pcs.commands(pcs.parse(TWO)))
+    inv = pcs.parse(inventory(sweep={"nova_connection_file": "/etc/crashup/nova-db"}))
+    cmds = pcs.commands(inv)
+    assert ["resource", "create", "crashup-sweep", "ocf:crashup:crashup", "daemon=sweep",
+            "config=/etc/crashup/crashup.conf", "state_dir=/run/crashup", "op", "monitor", "interval=10s",
+            "timeout=20s", "--force"] in cmds
+    kept_off = [c[5] for c in cmds if c[:3] == ["constraint", "location", "add"] and c[4] == "crashup-sweep"]
+    assert kept_off == ["compute1", "compute2.example.com"]
+    assert "nova_connection_file = /etc/crashup/nova-db" in pcs.crashup_conf(inv)
+
+
 def test_script_quotes_odd_paths_and_parses_back_to_the_commands():
     inv = pcs.parse(inventory(crashup={"config_file": "/etc/my crash'up/$conf;x.conf"}))
     text = pcs.script(inv)

@@ -7,12 +7,12 @@ A heartbeat file, touched every round, lets the agent's monitor tell a live daem
 """
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
 import threading
 
 from crashup_lib import log, pacemaker
+from crashup_lib.presence import RECOVERY, Presence
 
 LOG = log.get("daemon")
 WATCH_INTERVAL = 0.5
@@ -24,7 +24,7 @@ class Daemon:
     def __init__(self, cfg, *, state_dir: str, nova_factory=None, emitter=None):
         self.cfg = cfg
         self.state_dir = pathlib.Path(state_dir)
-        self.heartbeat = self.state_dir / "heartbeat"
+        self.heartbeat = self.state_dir / RECOVERY[1]
         self.stop_event = threading.Event()
         self.workers: dict[str, threading.Thread] = {}
         self.lagging: set = set()                  # requests whose state mirror lagged at the last tick
@@ -108,15 +108,6 @@ def main(cfg, state_dir: str) -> int:
     daemon = Daemon(cfg, state_dir=state_dir)
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)
-    pid_file = pathlib.Path(state_dir) / "daemon.pid"
-    pathlib.Path(state_dir).mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{os.getpid()}\n")
-    try:
+    with Presence(pathlib.Path(state_dir), *RECOVERY):
         daemon.run()
-    finally:
-        try:
-            if pid_file.read_text().strip() == str(os.getpid()):
-                pid_file.unlink()
-        except OSError:
-            pass
     return 0

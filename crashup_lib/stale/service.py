@@ -7,6 +7,10 @@ in a dry run printed and nothing changed. The daemon sweeps every recovery_inter
 service's failure (a database down, an API answering 500 or not at all): one clear log line, the next service, the
 next round. SIGTERM ends it between two resources, never in the middle of a change.
 
+After each service's stuck resources, its orphan pass (stale/orphans.py, nova and glance): what exists in the
+managed environment that no row describes is reported, one crashup.resource.orphaned event and one log line each,
+never deleted nor changed; a dry run prints "would report orphan ..." and emits nothing.
+
 A resource the collector has no backend for (cinder and neutron until theirs exist, nova without libvirt_uri, glance
 without glance_datadirs) is never changed: "no backend" is not the rules' `unknown`, which means a backend tried
 recovery_resync_count times and could not tell.
@@ -22,12 +26,13 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from crashup_lib import config as _config
 from crashup_lib import log
 from crashup_lib.health import Collector, HealthError
-from crashup_lib.stale import fix
+from crashup_lib.presence import SWEEP, Presence
+from crashup_lib.stale import fix, orphans as _orphans
 from crashup_lib.stale.db import utcnow
 from crashup_lib.stale.scan import cutoff
 
@@ -46,6 +51,8 @@ class Sweep:
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     failed_services: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    orphans: int = 0                # found in this sweep
+    orphans_known: int = 0          # of which reported already by an earlier round of this process
 
     @property
     def ok(self) -> bool:
@@ -54,7 +61,11 @@ class Sweep:
     def summary(self) -> str:
         counts = ", ".join(f"{n} {what}" for what, n in sorted(self.counts.items())) or "nothing to do"
         failed = f"; could not sweep {', '.join(self.failed_services)}" if self.failed_services else ""
-        return (f"sweep{' (dry run)' if self.dry_run else ''}: {self.found} stuck: {counts}{failed} "
+        orphans = ""
+        if self.orphans:
+            orphans = f"; {self.orphans} orphan{'s' if self.orphans > 1 else ''}" + (
+                f" ({self.orphans_known} reported before)" if self.orphans_known else "")
+        return (f"sweep{' (dry run)' if self.dry_run else ''}: {self.found} stuck: {counts}{orphans}{failed} "
                 f"({self.seconds:.1f}s)")
 
 
@@ -65,8 +76,12 @@ def _one_line(error: BaseException) -> str:
 
 def sweep_once(sweepers: Sequence[tuple[str, Callable[[], fix.Sweeper]]], collector: Collector, emitter=None, *,
                stale_period: float, dry_run: bool = False, now: _dt.datetime | None = None,
-               say: Callable[[str], None] = print, stopping: Callable[[], bool] = lambda: False) -> Sweep:
-    """One sweep over `sweepers` ((service, a function giving its Sweeper)); `say` prints a dry run's plan."""
+               say: Callable[[str], None] = print, stopping: Callable[[], bool] = lambda: False,
+               finders: Mapping[str, Callable[..., list[_orphans.Orphan]]] | None = None,
+               reported: set | None = None) -> Sweep:
+    """One sweep over `sweepers` ((service, a function giving its Sweeper)); `say` prints a dry run's plan.
+    finders: service -> its orphan finder (orphans.NovaOrphans, GlanceOrphans); reported: the keys of the orphans
+    already reported (the daemon passes the same set every round; None: a fresh one)."""
     started = time.monotonic()
     result = Sweep(dry_run=dry_run)
     before = cutoff(stale_period, now or utcnow())
@@ -87,6 +102,10 @@ def sweep_once(sweepers: Sequence[tuple[str, Callable[[], fix.Sweeper]]], collec
                 break
             outcome = _one(stuck, sweeper, collector, emitter, dry_run, say, stopping)
             result.counts[outcome] += 1
+        find = (finders or {}).get(service)
+        if find is not None and not stopping():
+            _orphan_pass(service, find, sweeper, before, emitter, dry_run, say, stopping, result,
+                         reported if reported is not None else set())
     result.seconds = time.monotonic() - started
     return result
 
@@ -119,6 +138,26 @@ def _one(stuck, sweeper, collector, emitter, dry_run, say, stopping) -> str:
     except Exception as e:          # noqa: BLE001 - an API's 500 or timeout, a database gone: the next resource
         _log.error("sweep: %s: %s; left", stuck, _one_line(e))
         return FAILED
+
+
+def _orphan_pass(service, find, sweeper, before, emitter, dry_run, say, stopping, result: Sweep,
+                 reported: set) -> None:
+    """One service's orphans: each reported once (a set of keys), or in a dry run printed. A failure is the
+    service's, one line, like its scan's."""
+    try:
+        found = find(sweeper, before, stopping)
+    except Exception as e:      # noqa: BLE001 - the database gone: one line, the next service
+        _log.error("sweep: %s: orphans not looked for: %s; next service", service, _one_line(e))
+        result.failed_services.append(f"{service} orphans")
+        return
+    for orphan in dict.fromkeys(found):          # once per sweep even if listed twice
+        result.orphans += 1
+        if dry_run:
+            say(f"would report orphan {orphan.line()}")
+        elif orphan.key in reported:
+            result.orphans_known += 1
+        elif _orphans.report(orphan, emitter):
+            reported.add(orphan.key)
 
 
 # ----------------------------------------------------------------------------------------------------- wiring
@@ -226,9 +265,31 @@ def routes_from_config(cfg) -> dict:
     return routes
 
 
+def finders_from_config(cfg) -> dict:
+    """The orphan finders per service: nova through libvirt_uri (the hosts of the instances and of the compute
+    nodes), glance through glance_datadirs. None for a service whose listing is not configured."""
+    from crashup_lib import health
+    finders: dict = {}
+    if cfg.libvirt_uri:
+        try:
+            finders["nova"] = _orphans.NovaOrphans(health.LibvirtBackend(cfg.libvirt_uri),
+                                                   extra_hosts=lambda sweeper: sweeper.compute_hosts())
+        except HealthError as e:
+            _log.warning("sweep: nova guests are not listed for orphans: %s", _one_line(e))
+    if cfg.glance_datadirs:
+        finders["glance"] = _orphans.GlanceOrphans(health.GlanceFileBackend(cfg.glance_datadirs))
+    return finders
+
+
 # ----------------------------------------------------------------------------------------------------- running
-def run(cfg, mode: str, *, out=None) -> int:
-    """`crashup sweep`: mode once, dry-run or daemon. 0 ok, 1 a service or resource failed (once), 2 config."""
+HEARTBEAT_SLICE = 5.0      # the daemon's longest wait between two heartbeats, apart from one bounded call
+
+
+def run(cfg, mode: str, *, out=None, state_dir: str | None = None) -> int:
+    """`crashup sweep`: mode once, dry-run or daemon. 0 ok, 1 a service or resource failed (once), 2 config.
+    state_dir (daemon): sweep.pid and sweep.heartbeat there, for Pacemaker's agent (ocf:crashup:crashup
+    daemon=sweep); the heartbeat is touched between resources and while waiting, so a sweep stuck beyond its
+    bounded calls stops beating and gets restarted."""
     out = out or sys.stdout
     daemon = mode == "daemon"
     under_systemd = bool(os.environ.get("INVOCATION_ID"))
@@ -237,7 +298,24 @@ def run(cfg, mode: str, *, out=None) -> int:
               stderr_level=logging.DEBUG if daemon else logging.WARNING)
     sweepers = sweepers_from_config(cfg)
     stop = threading.Event()
-    collector = Collector.from_config(cfg, routes_from_config(cfg), sleep=stop.wait)
+    presence = Presence(state_dir, *SWEEP) if daemon and state_dir else None
+    beat = presence.beat if presence else (lambda: None)
+
+    def wait(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not stop.is_set() and (left := end - time.monotonic()) > 0:
+            beat()
+            stop.wait(min(left, HEARTBEAT_SLICE))
+
+    def stopping() -> bool:
+        beat()
+        return stop.is_set()
+
+    collector = Collector.from_config(cfg, routes_from_config(cfg), sleep=wait)
+    finders = finders_from_config(cfg)
+    # The orphans reported so far, kept in this process only, so the daemon reports each one once rather than every
+    # round; a restarted daemon reports them once again (nothing is written anywhere: reporting is all it does).
+    reported: set = set()
     dry_run = mode == "dry-run"
     emitter = None
     if not dry_run:
@@ -249,7 +327,7 @@ def run(cfg, mode: str, *, out=None) -> int:
 
     def one_round() -> Sweep:
         result = sweep_once(sweepers, collector, emitter, stale_period=cfg.recovery_stale_period, dry_run=dry_run,
-                            say=say, stopping=stop.is_set)
+                            say=say, stopping=stopping, finders=finders, reported=reported)
         _log.info("%s", result.summary())             # the failures were logged as they came
         return result
 
@@ -258,14 +336,17 @@ def run(cfg, mode: str, *, out=None) -> int:
             result = one_round()
             say(result.summary())
             return 0 if result.ok else 1
-        return loop(one_round, cfg.recovery_interval_period, stop)
+        if presence is None:
+            return loop(one_round, cfg.recovery_interval_period, stop)
+        with presence:
+            return loop(one_round, cfg.recovery_interval_period, stop, wait=wait)
     finally:
         if emitter is not None:
             emitter.close(timeout=10)
 
 
 def loop(one_round: Callable[[], Any], interval: float, stop: threading.Event,
-         signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
+         signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT), wait: Callable[[float], Any] | None = None) -> int:
     """Sweep every `interval` seconds (start to start) until SIGTERM/SIGINT; 0 on a stop."""
     def on_signal(signum, _frame):
         _log.info("sweep: %s: stopping after the current resource", signal.Signals(signum).name)
@@ -279,6 +360,6 @@ def loop(one_round: Callable[[], Any], interval: float, stop: threading.Event,
             one_round()
         except Exception as e:      # noqa: BLE001 - sweep_once catches per service; this is the last net
             _log.error("sweep: round failed: %s; next round in %gs", _one_line(e), interval)
-        stop.wait(max(0.0, interval - (time.monotonic() - started)))
+        (wait or stop.wait)(max(0.0, interval - (time.monotonic() - started)))
     _log.info("sweep: daemon stopped")
     return 0
