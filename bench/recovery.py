@@ -10,6 +10,7 @@ recover minus that baseline; the whole difference (total minus baseline) is prin
 the lab's hypervisor, not by polling nova's API (which would slow nova's one process down in one run more than in the
 other). Goal (issue 5): overhead <= 3 s for 50 instances. Needs root; brings the lab up and down.
 """
+import collections
 import concurrent.futures
 import os
 import pathlib
@@ -31,29 +32,34 @@ def boot(conn, host, prefix):
     return {s.id for s in servers}
 
 
-def wait_active_elsewhere(conn, ids, source, timeout=900):
+def wait_active_elsewhere(conn, ids, source, timeout=300):
     """When the last instance is ACTIVE away from `source`. Watched through the fake hypervisor (the box's control
     API: a dict copy), not nova's API: polling servers/detail every 0.2 s would itself slow nova's single process
     down while it serves the evacuations, more in a run that watches from the failure on than in one that watches
     from its first call. nova's own view confirms it (every instance ACTIVE, no task) before the time counts."""
     box = lab.nova()
     limit = time.monotonic() + timeout
+    seen = None
     while time.monotonic() < limit:
         placed = {sid for host, guests in box.guests().items() if host != source for sid in guests}
         if ids <= placed:
             seen = time.monotonic()
             break
         time.sleep(0.1)
-    else:
-        raise RuntimeError(f"instances not all on other hypervisors than {source} after {timeout}s")
-    while time.monotonic() < limit:
+    while seen is not None and time.monotonic() < limit:
         servers = [s for s in conn.compute.servers(all_projects=True) if s.id in ids]
         if len(servers) == len(ids) and all(s.status == "ACTIVE" and s.compute_host != source and not s.task_state
                                             for s in servers):
             return seen
+        if any(s.status == "ERROR" for s in servers):
+            break
         time.sleep(0.2)
         seen = time.monotonic()              # nova was not done when the guests were: its own view counts
-    raise RuntimeError(f"instances not all ACTIVE away from {source} after {timeout}s")
+    states = collections.Counter((s.status, s.compute_host) for s in conn.compute.servers(all_projects=True)
+                                 if s.id in ids)
+    # the lab's nova runs on sqlite: under this load it now and then fails one rebuild with "database is locked"
+    # (.lab/log/nova.log); that is nova's own failure, in either run: measure again
+    raise RuntimeError(f"instances not all ACTIVE away from {source} within {timeout}s: {dict(states)}")
 
 
 def delete_all(conn):
