@@ -129,8 +129,8 @@ def crashup_run(conn, node):
 def main():
     if lab.read_state():
         lab.down(quiet=True)
-    lab.up(quiet=True)
     try:
+        lab.up(quiet=True)
         conn = lab.connection()
         # nova slows as its sqlite database grows: the baseline runs before and after, and their mean counts
         calls_before, before = baseline(conn, lab.node("compute2"))
