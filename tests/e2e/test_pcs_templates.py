@@ -37,6 +37,7 @@ def inventory() -> pcs.Inventory:
         ],
         "crashup": {"config_file": ODD_CONF},
         "recovery": {"mode": "notify"},
+        "sweep": {"nova_connection_file": "/etc/crashup/nova-db"},     # the sweep gets its own resource
         "nova_compute": {"backend": "command", "start_command": f"'{CTL}' start {{host}}",
                          "stop_command": f"'{CTL}' stop {{host}}", "status_command": f"'{CTL}' status {{host}}",
                          "heartbeat_cache": 5},
@@ -123,9 +124,10 @@ def simulate(cib: pathlib.Path) -> tuple[set[tuple[str, str]], set[tuple[str, st
 
 def test_the_scheduler_runs_the_daemon_on_controllers_and_nova_compute_on_computes(cib, tmp_path):
     starts, probes = simulate(as_running_cluster(cib, tmp_path))
-    on_controller = [*COMPUTES, "crashup", "crashup-nova", *(f"ipmi-{c}" for c in COMPUTES)]
+    on_controller = [*COMPUTES, "crashup", "crashup-sweep", "crashup-nova", *(f"ipmi-{c}" for c in COMPUTES)]
     assert starts == {(r, CONTROLLER) for r in on_controller} | {("nova-compute", c) for c in COMPUTES}
-    assert {n for r, n in probes if r == "crashup"} == {CONTROLLER}          # resource-discovery=never
+    for daemon in ("crashup", "crashup-sweep"):                             # resource-discovery=never
+        assert {n for r, n in probes if r == daemon} == {CONTROLLER}
     assert {n for r, n in probes if r == "nova-compute"} == set(COMPUTES)
 
 
@@ -167,6 +169,9 @@ def test_resources_fencing_and_constraints_read_back(cib):
     crashup = prims["crashup"]
     assert (crashup.get("provider"), crashup.get("type")) == ("crashup", "crashup")
     assert params(crashup) == {"config": ODD_CONF, "state_dir": "/run/crashup"}
+    sweep = prims["crashup-sweep"]
+    assert (sweep.get("provider"), sweep.get("type")) == ("crashup", "crashup")
+    assert params(sweep) == {"daemon": "sweep", "config": ODD_CONF, "state_dir": "/run/crashup"}
 
     clone = conf.find("resources/clone")
     assert clone.get("id") == "nova-compute-clone"
@@ -184,10 +189,11 @@ def test_resources_fencing_and_constraints_read_back(cib):
         "120s", "10s", "20s", "60s")
 
     locations = {loc.get("id"): loc for loc in conf.iter("rsc_location")}
-    for name in COMPUTES:
-        loc = locations[f"crashup-not-on-{name}"]
-        assert (loc.get("rsc"), loc.get("node"), loc.get("score"), loc.get("resource-discovery")) == (
-            "crashup", name, "-INFINITY", "never")
+    for daemon in ("crashup", "crashup-sweep"):
+        for name in COMPUTES:
+            loc = locations[f"{daemon}-not-on-{name}"]
+            assert (loc.get("rsc"), loc.get("node"), loc.get("score"), loc.get("resource-discovery")) == (
+                daemon, name, "-INFINITY", "never")
     loc = locations[f"nova-compute-not-on-{CONTROLLER}"]
     assert (loc.get("rsc"), loc.get("node"), loc.get("score"), loc.get("resource-discovery")) == (
         "nova-compute-clone", CONTROLLER, "-INFINITY", "never")
@@ -224,4 +230,4 @@ def test_every_rendered_parameter_is_one_the_agent_declares(cib):
             rendered = {n for n in params(prim) if not n.startswith("pcmk_")}
             assert rendered <= declared[prim.get("type")], (prim.get("id"), rendered - declared[prim.get("type")])
             checked += 1
-    assert checked == 3 + len(COMPUTES)
+    assert checked == 4 + len(COMPUTES)          # crashup, crashup-sweep, crashup-nova, nova-compute, ipmi-*
