@@ -15,6 +15,7 @@ import concurrent.futures
 import os
 import pathlib
 import sys
+import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -107,10 +108,14 @@ def crashup_run(conn, node):
     subprocess.run(["pcs", "property", "set", "stonith-action=off"], check=True, capture_output=True, timeout=60)
     ids = boot(conn, node.nova_host, "ha")
     since = time.time()
+    # the lab's crash stops the node's nova-compute inside the box after killing its remoted (that stop takes a
+    # second or more): watched from the kill on, not after the lab's own bookkeeping
     crash = time.monotonic()
-    lab.fail(node, "crash")
+    crasher = threading.Thread(target=lab.fail, args=(node, "crash"))
+    crasher.start()
     pacemaker.wait_for(lambda st: not st.nodes[node.name].online, 120, f"{node.name} lost", interval=0.1)
     lost = time.monotonic()
+    crasher.join()
     pacemaker.wait_for(lambda st: st.fenced(node.name, since), 120, f"{node.name} fenced", interval=0.1)
     fenced = time.monotonic()
     end = wait_active_elsewhere(conn, ids, node.nova_host)
