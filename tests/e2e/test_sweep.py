@@ -60,6 +60,19 @@ def recorded(lab, since, kind):
     return {e["payload"]["id"]: e["payload"] for e in journal(lab, since) if e["type"] == kind}
 
 
+def stuck_pair(lab, host, count, prefix):
+    """`count` servers on `host`; the first made stuck rebooting (its guest runs), the second stuck powering-off
+    from active (its guest really shut off); both an hour old."""
+    ids = boot(lab, host, count, prefix)
+    conn = lab.connection()
+    conn.compute.stop_server(ids[1])
+    conn.compute.wait_for_server(conn.compute.get_server(ids[1]), status="SHUTOFF", interval=0.5, wait=120)
+    box = lab.nova()
+    box.set_instance_db(ids[0], task_state="rebooting", updated_at=ago(3600))
+    box.set_instance_db(ids[1], task_state="powering-off", vm_state="active", updated_at=ago(3600))
+    return ids, conn, box
+
+
 @pytest.fixture(autouse=True)
 def tidy(lab):
     yield
@@ -69,15 +82,7 @@ def tidy(lab):
 
 
 def test_stuck_instances_end_in_the_state_the_rules_give(lab):
-    node = lab.node("compute2")
-    ids = boot(lab, node.nova_host, 4, "stuck")
-    conn = lab.connection()
-    conn.compute.stop_server(ids[1])
-    conn.compute.wait_for_server(conn.compute.get_server(ids[1]), status="SHUTOFF", interval=0.5, wait=120)
-    box = lab.nova()
-    box.set_instance_db(ids[0], task_state="rebooting", updated_at=ago(3600))        # guest running
-    box.set_instance_db(ids[1], task_state="powering-off", vm_state="active",        # guest already shut off
-                        updated_at=ago(3600))
+    ids, conn, box = stuck_pair(lab, lab.node("compute2").nova_host, 4, "stuck")
     box.set_instance_db(ids[2], task_state="image_snapshot", updated_at=ago(3600))   # guest running
     box.set_instance_db(ids[3], task_state="rebooting", updated_at=ago(5))           # not stale yet
     fresh = row(ids[3])
@@ -102,14 +107,7 @@ def test_stuck_instances_end_in_the_state_the_rules_give(lab):
 
 
 def test_dry_run_changes_nothing_and_a_racing_update_is_never_overwritten(lab):
-    node = lab.node("compute2")
-    ids = boot(lab, node.nova_host, 2, "race")
-    conn = lab.connection()
-    conn.compute.stop_server(ids[1])
-    conn.compute.wait_for_server(conn.compute.get_server(ids[1]), status="SHUTOFF", interval=0.5, wait=120)
-    box = lab.nova()
-    box.set_instance_db(ids[0], task_state="rebooting", updated_at=ago(3600))
-    box.set_instance_db(ids[1], task_state="powering-off", vm_state="active", updated_at=ago(3600))
+    ids, conn, box = stuck_pair(lab, lab.node("compute2").nova_host, 2, "race")
     before = {sid: row(sid) for sid in ids}
     cfg = sweep_config(lab)
     routes = {"nova": [FakeHypervisorBackend(box)]}
