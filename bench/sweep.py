@@ -114,8 +114,9 @@ def fill(url: str, rows: list[dict], batch: int = 5000) -> float:
         engine.dispose()
 
 
-def explain(db: Database, sweeper: NovaSweeper, before: dt.datetime) -> list[str]:
-    """The scanner's own SQL as the driver got it (caught at the cursor), run under EXPLAIN."""
+def explain(db: Database, run) -> list[str]:
+    """The last query on `instances` that `run()` sent (its SQL as the driver got it, caught at the cursor), run
+    under EXPLAIN."""
     seen: list = []
 
     def catch(conn, cursor, statement, parameters, context, executemany):
@@ -123,20 +124,7 @@ def explain(db: Database, sweeper: NovaSweeper, before: dt.datetime) -> list[str
             seen.append((statement, parameters))
     sa.event.listen(db.engine, "before_cursor_execute", catch)
     try:
-        sweeper.scan(before)
-    finally:
-        sa.event.remove(db.engine, "before_cursor_execute", catch)
-    return _plan(db, *seen[-1])
-
-
-def explain_statement(db: Database, statement) -> list[str]:
-    seen: list = []
-
-    def catch(conn, cursor, sql, parameters, context, executemany):
-        seen.append((sql, parameters))
-    sa.event.listen(db.engine, "before_cursor_execute", catch)
-    try:
-        db.rows(statement)
+        run()
     finally:
         sa.event.remove(db.engine, "before_cursor_execute", catch)
     return _plan(db, *seen[-1])
@@ -186,14 +174,14 @@ def bench(label: str, url: str, rows: list[dict], expected: int, now: dt.datetim
           f"bulk insert {fill_s:.1f} s ({len(rows) / fill_s:,.0f} rows/s)")
     print(f"  scan  NovaSweeper.scan(): median {med * 1000:.1f} ms (min {lo * 1000:.1f}, max {hi * 1000:.1f}, "
           f"n={runs}) = {len(rows) / med:,.0f} table rows/s; found {len(found)} stuck (expected {expected})")
-    for line in explain(db, sweeper, before):
+    for line in explain(db, lambda: sweeper.scan(before)):
         print(f"    plan  {line}")
     ref = reference_query(db, before)
     rmed, rlo, rhi, rfound = _timed(lambda: db.rows(ref), runs)
     print(f"  reference query (task_state IN .. AND updated_at < cutoff AND deleted = 0, not the sweep's): "
           f"median {rmed * 1000:.1f} ms (min {rlo * 1000:.1f}, max {rhi * 1000:.1f}) = {len(rows) / rmed:,.0f} "
           f"table rows/s; {len(rfound)} rows")
-    for line in explain_statement(db, ref):
+    for line in explain(db, lambda: db.rows(ref)):
         print(f"    plan  {line}")
     db.engine.dispose()
     if len(found) != expected:

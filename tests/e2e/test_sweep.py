@@ -107,7 +107,7 @@ def test_stuck_instances_end_in_the_state_the_rules_give(lab):
 
 
 def test_dry_run_changes_nothing_and_a_racing_update_is_never_overwritten(lab):
-    ids, conn, box = stuck_pair(lab, lab.node("compute2").nova_host, 2, "race")
+    ids, _, box = stuck_pair(lab, lab.node("compute2").nova_host, 2, "race")
     before = {sid: row(sid) for sid in ids}
     cfg = sweep_config(lab)
     routes = {"nova": [FakeHypervisorBackend(box)]}
