@@ -19,14 +19,16 @@ setup(
         "lxml>=4.9,<7",
         "openstacksdk>=1.0,<5",
         "pyghmi>=1.6,<1.7",           # crashup_lib.ipmi works around defects of this series
-        "python-novaclient>=18,<19",
         "keystoneauth1>=5.1,<6",
         "PyYAML>=6,<7",               # the pcs-templates inventory (openstacksdk needs it too)
     ],
-    # jsonschema: tests validate events. libvirt-python: crashup_lib.health's libvirt backend (imported only when
-    # one is built); it compiles against the system's libvirt (Debian: libvirt-dev, pkg-config, gcc, python3-dev).
+    # jsonschema: tests validate events; hypothesis: property-based tests of every parser and entry point;
+    # python-novaclient: the lab's tests read nova through its own client. libvirt-python: crashup_lib.health's
+    # libvirt backend (imported only when one is built); it compiles against the system's libvirt (Debian:
+    # libvirt-dev, pkg-config, gcc, python3-dev).
     # sweep: the CrashUp sweep's database access (crashup_lib.stale.db, imported only by `crashup sweep`)
-    extras_require={"test": ["pytest>=7", "jsonschema>=4.18", "libvirt-python>=9.0", *SWEEP],
+    extras_require={"test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6.100,<7", "python-novaclient>=18,<19",
+                             "libvirt-python>=9.0", *SWEEP],
                     "libvirt": ["libvirt-python>=9.0"],
                     "sweep": SWEEP},
     entry_points={"console_scripts": ["crashup = crashup_lib.cli:main"]},

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 import sys
 import time
 
-from crashup_lib import __version__, config
-from crashup_lib.log import redact
+from crashup_lib import __version__, config, log, proc
+from crashup_lib.log import REDACTED, one_line, redact
 
 
 def _load(args) -> config.Config:
@@ -132,6 +134,13 @@ def _pcs(args) -> int:
 
 
 PCS_TIMEOUT = 120          # seconds, each pcs / cibadmin call of `crashup pcs apply`
+CIB_LIMIT = 256 * 1024 * 1024   # bytes of `cibadmin -Q`: a CIB of thousands of nodes, and never more
+
+
+def _masked(arg: str) -> str:
+    """A pcs argument as it may be shown: a clear BMC password (password=..., passwd=...) is not."""
+    name, sep, _ = arg.partition("=")
+    return f"{name}={REDACTED}" if sep and re.fullmatch(r"(?i)(password|passwd|.*_secret)", name) else arg
 
 
 def apply_pcs(commands: list[list[str]], run=None) -> int:
@@ -139,21 +148,21 @@ def apply_pcs(commands: list[list[str]], run=None) -> int:
     command ends it with one line naming the command, before the push: the live CIB stays as it was."""
     import os
     import shlex
-    import subprocess
     import tempfile
+
     def bounded(argv):                          # a hung pcs or CIB must not hang the command
         try:
-            return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=PCS_TIMEOUT)
-        except FileNotFoundError:
-            return subprocess.CompletedProcess(argv, 127, "", f"Error: {argv[0]} not found")
-        except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(argv, 124, "", f"Error: no answer within {PCS_TIMEOUT}s")
+            return proc.run(argv, PCS_TIMEOUT, limit=CIB_LIMIT)
+        except proc.NotInstalled:
+            return proc.Done(127, "", f"Error: {argv[0]} not found")
+        except proc.TimedOut:
+            return proc.Done(124, "", f"Error: no answer within {PCS_TIMEOUT}s")
     run = run or bounded
 
     def said(cp) -> str:                        # pcs's first "Error: ..." line, else the first line it said
         lines = (cp.stderr or cp.stdout or "").strip().splitlines()
         lines = [line for line in lines if line.startswith("Error")] or lines
-        return f": {lines[0].strip()}" if lines else ""
+        return f": {one_line(redact(lines[0].strip()), 300)}" if lines else ""
     with tempfile.TemporaryDirectory(prefix="crashup-pcs-") as tmp:     # 0700: the copy may hold a clear password
         copy = os.path.join(tmp, "cib.xml")
         cp = run(["cibadmin", "-Q"])
@@ -165,8 +174,9 @@ def apply_pcs(commands: list[list[str]], run=None) -> int:
         for i, args in enumerate(commands, 1):
             cp = run(["pcs", "-f", copy, *args])
             if cp.returncode != 0:
-                print(f"crashup: command {i}/{len(commands)} failed (exit {cp.returncode}), nothing pushed: "
-                      f"pcs {shlex.join(args)}{said(cp)}", file=sys.stderr)
+                shown = shlex.join(_masked(a) for a in args)
+                print(redact(f"crashup: command {i}/{len(commands)} failed (exit {cp.returncode}), nothing pushed: "
+                             f"pcs {shown}{said(cp)}"), file=sys.stderr)
                 return 1
         cp = run(["pcs", "cluster", "cib-push", copy, "--config"])
         if cp.returncode != 0:
@@ -225,16 +235,25 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--conf", action="store_true", help="print the crashup.conf that matches the inventory")
     g.add_argument("--apply", action="store_true", help="same as `crashup pcs apply`")
     p.set_defaults(run=_pcs)
+    for stream in (sys.stdout, sys.stderr):     # an odd byte in a name must not turn into UnicodeEncodeError
+        stream.reconfigure(errors="backslashreplace")
     args = parser.parse_args(argv)
     if args.command == "config" and args.file is None:
         args.file = args.config
+    # libraries' warnings (keystoneauth's carry an auth_url) pass the redactor; daemons set up their own logging
+    log.setup("crashup", stderr=True, syslog=False, stderr_level=logging.WARNING)
     try:
         return args.run(args)
     except config.ConfigError as e:
-        print(f"crashup: {e}", file=sys.stderr)
+        print(f"crashup: {one_line(redact(str(e)))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                     # `crashup events | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        return 130
     except Exception as e:                      # a clear line, never a traceback
-        print(redact(f"crashup: {type(e).__name__}: {e}"), file=sys.stderr)
+        print(one_line(redact(f"crashup: {type(e).__name__}: {e}")), file=sys.stderr)
         return 1
 
 

@@ -15,12 +15,18 @@ import dataclasses
 import difflib
 import os
 import re
+import stat
 from typing import Any, Callable, Iterable, Mapping
 
-from crashup_lib.log import redact
+from crashup_lib.log import one_line, register_secret, shown, text_problem
 from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
 
 DEFAULT_PATH = "/etc/crashup/crashup.conf"
+MAX_FILE = 1024 * 1024                   # bytes: a configuration file is a few KB; /dev/zero is not one
+MAX_SECONDS = 366 * 86400.0              # no duration crashup waits on is longer; beyond, a typo (or an overflow)
+MAX_INTEGER = 2 ** 31 - 1
+#: CRASHUP_* variables that are not options: the file's path, what crashup gives its hook command, the test lab's
+FOREIGN_ENV = re.compile(r"CRASHUP_(?:CONFIG|EVENT_\w+|LAB_\w+|\w+_VENV)")
 
 
 class ConfigError(ValueError):
@@ -33,39 +39,38 @@ class ConfigError(ValueError):
 class Kind:
     describe: str                            # what is allowed, in words
     parse: Callable[[str], Any]
+    multiline: bool = False                  # lists may continue on the next INI line
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def duration(minimum: float = 0, maximum: float | None = None) -> Kind:
-    allowed = f"a duration in seconds (e.g. 30, 90s, 10m, 1h), at least {minimum:g}s"
-    if maximum is not None:
-        allowed += f" and at most {maximum:g}s"
+def duration(minimum: float = 0, maximum: float = MAX_SECONDS) -> Kind:
+    allowed = f"a duration in seconds (e.g. 30, 90s, 10m, 1h), at least {minimum:g}s and at most {maximum:g}s"
 
     def parse(raw: str) -> float:
         m = _DURATION.match(raw)
         if not m:
             raise ValueError(allowed)
         value = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        if value < minimum or (maximum is not None and value > maximum):
+        if not minimum <= value <= maximum:
             raise ValueError(allowed)
         return value
     return Kind(allowed, parse)
 
 
-def integer(minimum: int | None = None, maximum: int | None = None) -> Kind:
-    bounds = " ".join(b for b in (f">= {minimum}" if minimum is not None else "",
-                                  f"<= {maximum}" if maximum is not None else "") if b)
-    allowed = f"an integer {bounds}".strip()
+def integer(minimum: int = 0, maximum: int = MAX_INTEGER) -> Kind:
+    allowed = f"an integer >= {minimum} <= {maximum}"
 
     def parse(raw: str) -> int:
+        if len(raw.strip()) > 12:            # int() of 10,000 digits is slow, and no such count makes sense
+            raise ValueError(allowed)
         try:
             value = int(raw.strip())
         except ValueError:
             raise ValueError(allowed) from None
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if not minimum <= value <= maximum:
             raise ValueError(allowed)
         return value
     return Kind(allowed, parse)
@@ -160,7 +165,7 @@ HOST_MAP = Kind("pcmk_host_map syntax: 'node1:host1;node2:host2'", parse_host_ma
 def words() -> Kind:
     def parse(raw: str) -> tuple[str, ...]:
         return tuple(w for w in re.split(r"[,\s]+", raw.strip()) if w)
-    return Kind("a comma- or space-separated list", parse)
+    return Kind("a comma- or space-separated list", parse, multiline=True)
 
 
 DB_SCHEMES = ("sqlite", "sqlite+pysqlite", "mysql", "mysql+pymysql")
@@ -172,10 +177,18 @@ def database_urls() -> Kind:
 
     def parse(raw: str) -> tuple[str, ...]:
         urls = tuple(raw.split())
+        for url in urls:
+            register_secret(url_password(url))      # before anything can show it
         if any(u.partition("://")[0] not in DB_SCHEMES or not u.partition("://")[1] for u in urls):
             raise ValueError(allowed)
         return urls
-    return Kind(allowed, parse)
+    return Kind(allowed, parse, multiline=True)
+
+
+def url_password(url: str) -> str | None:
+    """The password of scheme://user:password@host/..., split as SQLAlchemy does (a '/' may be in it)."""
+    m = re.match(r"[\w+.-]+://[^:/@\s]*:([^@\s]*)@", url)
+    return m.group(1) if m else None
 
 
 # --- the options ---------------------------------------------------------------------------------------------------
@@ -299,20 +312,47 @@ def _suggest(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def read_text(path: str, what: str = "config", limit: int = MAX_FILE) -> str:
+    """A small UTF-8 text file, or ConfigError naming it and the problem (missing, a directory, unreadable,
+    too big, binary, not UTF-8: every way a file can be wrong is a configuration error, never a traceback)."""
+    where = f"{what}: {shown(path, 200)}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)      # a FIFO must not hang the reader: checked below
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read it: {e.strerror or e}") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise ConfigError(f"{where}: " + ("is a directory, not a file" if stat.S_ISDIR(kind) else
+                                          "not a regular file"))
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read it: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{where}: larger than {limit // 1024} KiB: not a configuration file")
+    if b"\x00" in data:
+        raise ConfigError(f"{where}: binary data (a NUL byte), not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{where}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8 "
+                          "(save the file as UTF-8)") from None
+
+
 def _read_file(path: str, required: bool) -> dict[str, tuple[str, str]]:
     """INI file -> {option: (raw value, source)}. Unknown sections and keys are errors: a typo must not pass."""
     parser = configparser.ConfigParser(interpolation=None, default_section="\x00none")
-    try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(f"config: {path}: no such file") from None
+    if not required and not os.path.lexists(path):
         return {}
-    except PermissionError:
-        raise ConfigError(f"config: {path}: permission denied") from None
+    try:
+        parser.read_string(read_text(path), source=path)
     except configparser.Error as e:
-        first = str(e).splitlines()[0]
+        first = one_line(str(e).splitlines()[0], 200)
         raise ConfigError(f"config: {path}: not a valid INI file: {first}") from None
     found: dict[str, tuple[str, str]] = {}
     for section in parser.sections():
@@ -336,10 +376,14 @@ def load(path: str | None = None, overrides: Mapping[str, str] | None = None,
     explicit_path = path or env.get("CRASHUP_CONFIG")
     raw: dict[str, tuple[str, str]] = {o.name: (o.default, "default") for o in OPTIONS}
     raw.update(_read_file(explicit_path or DEFAULT_PATH, required=bool(explicit_path)))
-    for option in OPTIONS:
-        var = "CRASHUP_" + option.name.upper()
-        if var in env:
-            raw[option.name] = (env[var], f"environment {var}")
+    for var, value in env.items():
+        if not var.startswith("CRASHUP_") or FOREIGN_ENV.fullmatch(var):
+            continue
+        name = var[len("CRASHUP_"):].lower()
+        if name not in BY_NAME:
+            raise ConfigError(f"config: environment {shown(var)}: no such option"
+                              f"{_suggest(name, BY_NAME)} (variables are CRASHUP_<OPTION>, e.g. CRASHUP_MODE)")
+        raw[name] = (value, f"environment {var}")
     for name, value in (overrides or {}).items():
         if name in BY_NAME:
             raw[name] = (value, f"{override_source} {name}")
@@ -347,9 +391,12 @@ def load(path: str | None = None, overrides: Mapping[str, str] | None = None,
     for name, (value, source) in raw.items():
         option = BY_NAME[name]
         try:
+            problem = text_problem(value.replace("\n", " ") if option.kind.multiline else value)
+            if problem:
+                raise ValueError(problem)
             values[name] = option.kind.parse(value)
         except ValueError as e:
-            raise ConfigError(f"config: {name} = {redact(value)!r} (from {source}) is not allowed: expected {e}") \
+            raise ConfigError(f"config: {name} = {shown(value)} (from {source}) is not allowed: expected {e}") \
                 from None
     return Config(values, {name: source for name, (_, source) in raw.items()})
 

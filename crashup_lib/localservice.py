@@ -7,13 +7,20 @@ and fails with one line (ServiceControlError); the status check is on every moni
 from __future__ import annotations
 
 import shlex
-import subprocess
+import string
+
+from crashup_lib import proc
 
 BACKENDS = ("systemd", "command")
+PLACEHOLDERS = ("host", "node")
 
 
 class ServiceControlError(RuntimeError):
     """A start/stop/status command could not run or did not finish; one line."""
+
+
+class ServiceNotInstalled(ServiceControlError):
+    """The command does not exist or cannot be executed: a configuration problem, not a failure of the service."""
 
 
 class LocalService:
@@ -34,37 +41,44 @@ class LocalService:
     def _check(self, what: str, timeout: float) -> None:
         done = self._run(what, timeout)
         if done.returncode != 0:
-            said = (done.stderr or done.stdout or "").strip().splitlines()
+            said = done.last_line()
             raise ServiceControlError(f"{what} of {self.name} failed (exit {done.returncode})"
-                                      + (f": {said[-1][:200]}" if said else ""))
+                                      + (f": {said}" if said else ""))
 
-    def _run(self, what: str, timeout: float) -> subprocess.CompletedProcess:
-        argv = self._argv[what]
+    def _run(self, what: str, timeout: float) -> proc.Done:
         try:
-            return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=max(timeout, 0.1))
-        except FileNotFoundError:
-            raise ServiceControlError(f"{what} of {self.name}: {argv[0]} not found") from None
-        except PermissionError:
-            raise ServiceControlError(f"{what} of {self.name}: {argv[0]} is not executable") from None
-        except subprocess.TimeoutExpired:
-            raise ServiceControlError(f"{what} of {self.name}: {shlex.join(argv[:2])} did not finish within "
-                                      f"{timeout:.0f}s") from None
+            return proc.run(self._argv[what], max(timeout, 0.1))
+        except proc.NotInstalled as e:
+            raise ServiceNotInstalled(f"{what} of {self.name}: {e}") from None
+        except proc.ProcError as e:
+            raise ServiceControlError(f"{what} of {self.name}: {e}") from None
+
+
+def check_template(template: str) -> None:
+    """Raise ValueError (one line) unless `template` is a command whose placeholders are exactly {host}/{node}:
+    no attribute, index, conversion or format spec ({host.x}, {0}, {host:>9999999999} would fail or explode late)."""
+    try:
+        words = shlex.split(template)
+    except ValueError as e:
+        raise ValueError(f"cannot split it like a shell would: {e}") from None
+    if not words:
+        raise ValueError("it is empty")
+    known = ", ".join("{" + k + "}" for k in PLACEHOLDERS)
+    for word in words:
+        try:
+            fields = list(string.Formatter().parse(word))
+        except ValueError as e:         # a lone { or }
+            raise ValueError(f"{e} (write {{{{ or }}}} for a brace; placeholders: {known})") from None
+        for _, field, spec, conversion in fields:
+            if field is not None and (field not in PLACEHOLDERS or spec or conversion):
+                shown = ascii(field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else ""))
+                raise ValueError(f"placeholder {{{shown[1:-1][:40]}}} is not one of {known}")
 
 
 def command_argv(template: str, **names: str) -> list[str]:
     """shlex-split `template`, then fill `{host}`/`{node}` in each word (so a name never splits a word)."""
-    try:
-        words = shlex.split(template)
-    except ValueError as e:
-        raise ValueError(f"cannot split {template!r}: {e}") from None
-    if not words:
-        raise ValueError("empty command")
-    try:
-        return [w.format(**names) for w in words]
-    except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"{template!r}: unknown placeholder {e} (known: "
-                         + ", ".join("{" + k + "}" for k in names) + ")") from None
+    check_template(template)
+    return [w.format(**names) for w in shlex.split(template)]
 
 
 def systemd(unit: str) -> LocalService:

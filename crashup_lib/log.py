@@ -14,12 +14,17 @@ import time
 
 REDACTED = "***"
 _secrets: set[str] = set()
-# key=value and "key": value pairs whose value is a secret, whatever the source (stdin echo, URLs, exceptions)
+# key=value and "key": value pairs whose value is a secret, whatever the source (stdin echo, URLs, exceptions);
+# not names of where a secret is kept (password_file, password_script, secret_file: their values are paths)
 _SECRET_PAIR = re.compile(
-    r"(?i)((?:password|passwd|secret|token|auth_?key|credential)[\w-]*[\"']?\s*[=:]\s*)"
+    r"(?i)((?:password|passwd|secret|token|auth_?key|credential)(?![\w-]*(?:_file|_script|_path|_command))"
+    r"[\w-]*[\"']?\s*[=:]\s*)"
     r"(\"[^\"]*\"|'[^']*'|[^\s,;&}]+)")
-# user:password@ in URLs
-_URL_CREDENTIALS = re.compile(r"(//[^/\s:@]+:)([^@\s/]+)(@)")
+# user:password@ in URLs; a generated password may hold '/', ':' or '@' (the last '@' before the host ends it)
+_URL_CREDENTIALS = re.compile(r"(//[^/\s:@]+:)(\S+)(@[^@\s]*)")
+# characters that would end or rewrite a line on a terminal or in a log: C0 but tab, DEL, C1, line separators
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+SHOWN_WIDTH = 80
 
 
 def register_secret(value: str | None) -> None:
@@ -33,6 +38,31 @@ def redact(text: str) -> str:
         text = text.replace(secret, REDACTED)
     text = _SECRET_PAIR.sub(lambda m: m.group(1) + REDACTED, text)
     return _URL_CREDENTIALS.sub(lambda m: m.group(1) + REDACTED + m.group(3), text)
+
+
+def one_line(text: str, width: int = 1000) -> str:
+    """`text` as one printable line of at most `width` characters: control characters and undecodable bytes are
+    escaped, so nothing a user typed can end a line, move a terminal's cursor or fake a log record."""
+    text = _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def shown(value: object, width: int = SHOWN_WIDTH) -> str:
+    """A value someone gave, quoted for a message: redacted, one printable line, shortened (a 1 MB option value
+    must not become a 1 MB log line)."""
+    return "'" + one_line(redact(str(value)), width) + "'"
+
+
+def text_problem(value: str) -> str | None:
+    """Why `value` cannot be a one-line text setting (a control character, an undecodable byte), or None."""
+    if _CONTROL.search(value):
+        return "text without control characters (newline, carriage return, escape...)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "valid UTF-8"
+    return None
 
 
 class RedactingFilter(logging.Filter):
@@ -73,7 +103,7 @@ class _AppendFileHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            with open(self.path, "a", encoding="utf-8") as f:
+            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(self.format(record) + "\n")
         except OSError:
             pass                              # a full or missing log disk must never fail a cluster action
@@ -137,6 +167,12 @@ def setup(ident: str, *, instance: str | None = None, stderr: bool | None = None
     redacting = RedactingFilter()
     for h in logger.handlers:
         h.addFilter(redacting)
+    # Libraries' own records and Python warnings (keystoneauth prints an auth_url, credentials and all) reach the
+    # same redacting handlers instead of a bare stderr; only their warnings, their chatter is not ours to show.
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    root.handlers[:] = logger.handlers
+    root.setLevel(logging.WARNING)
     return logger
 
 

@@ -41,6 +41,10 @@ class Rc(enum.IntEnum):
     FAILED_PROMOTED = 9
 
 
+#: what configuration problems end in: nothing this configuration describes can be running
+CONFIGURATION_RCS = (Rc.ERR_ARGS, Rc.ERR_CONFIGURED, Rc.ERR_INSTALLED)
+
+
 class OcfError(Exception):
     """End the action with `rc`; `reason` becomes the exit reason Pacemaker shows (crm_mon, pcs status)."""
 
@@ -56,7 +60,7 @@ PARAMETER_TYPES = ("string", "integer", "boolean")
 class Parameter:
     def __init__(self, name: str, shortdesc: str, longdesc: str = "", *, type: str = "string",
                  required: bool = False, default: str | None = None, unique: bool = False,
-                 choices: tuple[str, ...] = ()):
+                 choices: tuple[str, ...] = (), check=None):
         self.name = name
         self.shortdesc = shortdesc
         self.longdesc = longdesc
@@ -65,23 +69,41 @@ class Parameter:
         self.default = default
         self.unique = unique
         self.choices = choices               # listed in longdesc: the 1.0 DTD has no select type
+        self.check = check                   # value -> None, or ValueError("why"): checked with the parameters
 
     def parse(self, raw: str):
+        problem = log.text_problem(raw)      # a newline or an undecodable byte is never meant in a parameter
+        if problem:
+            raise ValueError("expected " + problem)
+        value = self._typed(raw)
+        if self.check and value not in ("", None):
+            self.check(value)
+        return value
+
+    def _typed(self, raw: str):
         if self.type == "integer":
             try:
                 return int(raw.strip())
             except ValueError:
-                raise ValueError("an integer") from None
+                raise ValueError("expected an integer") from None
         if self.type == "boolean":           # ocf_is_true's words
             word = raw.strip().lower()
             if word in TRUE_WORDS:
                 return True
             if word in FALSE_WORDS or word == "":
                 return False
-            raise ValueError("a boolean (yes/no, true/false, 1/0)")
+            raise ValueError("expected a boolean (yes/no, true/false, 1/0)")
         if self.choices and raw not in self.choices:
-            raise ValueError("one of " + ", ".join(self.choices))
+            raise ValueError("expected one of " + ", ".join(self.choices))
         return raw
+
+
+def directory(value: str) -> None:
+    """A Parameter check: an absolute path that is a directory, or nothing yet (created on start)."""
+    if not value.startswith("/"):
+        raise ValueError("expected an absolute path")
+    if os.path.lexists(value) and not os.path.isdir(value):
+        raise ValueError("expected a directory (it is a file)")
 
 
 class Action:
@@ -220,7 +242,7 @@ class Agent:
             try:
                 params[p.name] = p.parse(raw)
             except ValueError as e:
-                problems.append(f"parameter {p.name}={raw!r} is not {e}")
+                problems.append(f"parameter {p.name}={log.shown(raw)} is not allowed: {e}")
         return params, problems
 
     def _budget(self, action: str, env: dict[str, str]) -> float:
@@ -257,14 +279,8 @@ class Agent:
         ctx = Context(self, action, params, logger, env)
         if problems:
             reason = "; ".join(problems)
-            # An agent that cannot read its configuration cannot have started this resource: a probe finds it
-            # not running and a stop succeeds (a failed stop would make Pacemaker fence the node for a typo).
-            if action == "stop":
-                logger.warning("stop: %s; nothing this configuration could have started", reason)
-                return Rc.SUCCESS
-            if ctx.is_probe:
-                logger.warning("probe: %s; reporting not running", reason)
-                return Rc.NOT_RUNNING
+            if action == "stop" or ctx.is_probe:
+                return _not_running(logger, ctx, reason)
             return _exit(logger, Rc.ERR_CONFIGURED, reason)
 
         previous_term = signal.signal(signal.SIGTERM, _terminated)
@@ -276,6 +292,8 @@ class Agent:
                 rc = handler(ctx) if handler else Rc.SUCCESS
             return Rc.SUCCESS if rc is None else Rc(rc)
         except OcfError as e:
+            if e.rc in CONFIGURATION_RCS and (action == "stop" or ctx.is_probe):
+                return _not_running(logger, ctx, e.reason)
             return _exit(logger, e.rc, e.reason)
         except deadline.DeadlineExceeded as e:
             return _exit(logger, Rc.ERR_GENERIC, f"{e} (Pacemaker's timeout for this operation is near)")
@@ -299,8 +317,19 @@ def _terminated(signum, frame):
     raise _Terminated()
 
 
+def _not_running(logger, ctx: Context, reason: str) -> int:
+    """A configuration problem (a parameter, crashup.conf, a command not installed) on a stop or a probe. An agent
+    that cannot read its configuration cannot have started this resource: a probe finds it not running and a stop
+    succeeds (a failed stop would make Pacemaker fence the node for a typo)."""
+    if ctx.action == "stop":
+        logger.warning("stop: %s; nothing this configuration could have started", log.redact(reason))
+        return Rc.SUCCESS
+    logger.warning("probe: %s; reporting not running", log.redact(reason))
+    return Rc.NOT_RUNNING
+
+
 def _exit(logger, rc: Rc, reason: str) -> int:
-    reason = log.redact(reason)
+    reason = log.one_line(log.redact(reason))    # Pacemaker reads the reason up to the end of the line
     logger.error("%s", reason)
     print(f"ocf-exit-reason:{reason}", file=sys.stderr)
     return int(rc)

@@ -109,8 +109,8 @@ def test_an_unreachable_nova_never_fails_the_monitor(node, tmp_path):
 
 @pytest.mark.parametrize("params, message", [
     ({"start_command": ""}, "backend command needs start_command"),
-    ({"status_command": "ctl {hots}"}, "unknown placeholder"),
-    ({"backend": "upstart"}, "parameter backend='upstart' is not one of systemd, command"),
+    ({"status_command": "ctl {hots}"}, "placeholder {hots} is not one of {host}, {node}"),
+    ({"backend": "upstart"}, "parameter backend='upstart' is not allowed: expected one of systemd, command"),
     ({"heartbeat_cache": "soon"}, "heartbeat_cache"),
 ])
 def test_bad_parameters_are_named(node, params, message):

@@ -83,7 +83,7 @@ def test_missing_required_parameter(tmp_path, action, interval, expected):
 def test_badly_typed_parameter_names_it(tmp_path):
     result = run([DUMMY, "start"], env=env_for(tmp_path, state=tmp_path / "s", fake_delay="soon"))
     assert result.returncode == 6
-    assert "parameter fake_delay='soon' is not an integer" in result.stderr
+    assert "parameter fake_delay='soon' is not allowed: expected an integer" in result.stderr
     result = run([DUMMY, "start"], env=env_for(tmp_path, state=tmp_path / "s", mode="reckless"))
     assert result.returncode == 6 and "one of fast, careful" in result.stderr
 

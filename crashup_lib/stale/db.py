@@ -19,7 +19,7 @@ import datetime as _dt
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
-from crashup_lib.log import redact, register_secret
+from crashup_lib.log import redact, register_secret, shown
 
 DRIVERS = {"sqlite": "sqlite", "sqlite+pysqlite": "sqlite", "mysql": "mysql+pymysql", "mysql+pymysql": "mysql+pymysql"}
 
@@ -57,7 +57,7 @@ class Database:
         try:
             parsed = sa.engine.make_url(url)
         except Exception:                       # ArgumentError, ValueError: the URL itself is not shown whole
-            raise DbError(f"{name or 'database'}: not a database URL: {redact(url)!r}") from None
+            raise DbError(f"{name or 'database'}: not a database URL: {shown(url)}") from None
         if parsed.password:
             register_secret(str(parsed.password))
         driver = DRIVERS.get(parsed.drivername)

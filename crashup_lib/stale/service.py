@@ -169,12 +169,8 @@ def connections(cfg, service: str) -> tuple[str, ...]:
         raise _config.ConfigError(f"config: set {service}_connection or {service}_connection_file, not both")
     if not path:
         return tuple(inline)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = "\n".join(line for line in f if not line.lstrip().startswith("#"))
-    except OSError as e:
-        raise _config.ConfigError(f"config: {service}_connection_file = {path!r}: cannot read it: "
-                                  f"{e.strerror or e}") from None
+    text = _config.read_text(path, f"config: {service}_connection_file")
+    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     try:
         urls = _config.database_urls().parse(text)
     except ValueError as e:
