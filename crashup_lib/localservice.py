@@ -6,6 +6,7 @@ and fails with one line (ServiceControlError); the status check is on every moni
 """
 from __future__ import annotations
 
+import os
 import shlex
 import string
 
@@ -32,6 +33,12 @@ class LocalService:
         """The status command's verdict: exit 0 running, any other exit not running (systemctl is-active, LSB)."""
         return self._run("status", timeout).returncode == 0
 
+    def check_installed(self) -> None:
+        """Raise ServiceNotInstalled naming the first command whose program cannot be found or executed."""
+        for what, argv in self._argv.items():
+            if not installed(argv[0]):
+                raise ServiceNotInstalled(f"{what} of {self.name}: {argv[0]} not found or not executable")
+
     def start(self, timeout: float) -> None:
         self._check("start", timeout)
 
@@ -52,6 +59,13 @@ class LocalService:
             raise ServiceNotInstalled(f"{what} of {self.name}: {e}") from None
         except proc.ProcError as e:
             raise ServiceControlError(f"{what} of {self.name}: {e}") from None
+
+
+def installed(program: str) -> bool:
+    """Whether `program` would run: an executable file, by path or found on PATH (as execvp finds it)."""
+    if "/" in program:
+        return os.path.isfile(program) and os.access(program, os.X_OK)
+    return any(installed(os.path.join(d, program)) for d in os.environ.get("PATH", "/usr/bin").split(":") if d)
 
 
 def check_template(template: str) -> None:
