@@ -316,6 +316,8 @@ def read_text(path: str, what: str = "config", limit: int = MAX_FILE) -> str:
     """A small UTF-8 text file, or ConfigError naming it and the problem (missing, a directory, unreadable,
     too big, binary, not UTF-8: every way a file can be wrong is a configuration error, never a traceback)."""
     where = f"{what}: {shown(path, 200)}"
+    if path == os.devnull:                   # the usual way to say "no file"
+        return ""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)      # a FIFO must not hang the reader: checked below
     except FileNotFoundError:

@@ -94,7 +94,7 @@ class Parameter:
                 return False
             raise ValueError("expected a boolean (yes/no, true/false, 1/0)")
         if self.choices and raw not in self.choices:
-            raise ValueError("expected one of " + ", ".join(self.choices))
+            raise ValueError("expected one of " + ", ".join(c or "'' (empty)" for c in self.choices))
         return raw
 
 

@@ -68,7 +68,7 @@ def test_fence_agents_fail_cleanly_on_bad_input(agent, text):
 def test_controller_agent_bad_parameter_is_named(tmp_path):
     env = agent_env(OCF_RESKEY_mode="sometimes", OCF_RESKEY_state_dir=str(tmp_path))
     result = run([REPO / "agents" / "crashup", "start"], env=env)
-    assert result.returncode == 6 and "parameter mode='sometimes' is not one of , auto, notify" in result.stderr
+    assert result.returncode == 6 and "parameter mode='sometimes' is not allowed: expected one of '' (empty), auto, notify" in result.stderr
 
 
 def test_controller_agent_bad_config_file_is_a_configuration_error(tmp_path):
