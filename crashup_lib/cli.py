@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     log.setup("crashup", stderr=True, syslog=False, stderr_level=logging.WARNING)
     try:
         return args.run(args)
-    except config.ConfigError as e:
-        print(f"crashup: {one_line(redact(str(e)))}", file=sys.stderr)
+    except config.ConfigError as e:             # already redacted where it was phrased (a key path may say
+        print(f"crashup: {one_line(str(e))}", file=sys.stderr)     # "password: must be...", not a secret)
         return 2
     except BrokenPipeError:                     # `crashup events | head`: the reader has what it wanted
         sys.stderr.close()

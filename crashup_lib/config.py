@@ -18,7 +18,7 @@ import re
 import stat
 from typing import Any, Callable, Iterable, Mapping
 
-from crashup_lib.log import one_line, register_secret, shown, text_problem
+from crashup_lib.log import one_line, redact, register_secret, shown, text_problem
 from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
 
 DEFAULT_PATH = "/etc/crashup/crashup.conf"
@@ -335,7 +335,7 @@ def read_text(path: str, what: str = "config", limit: int = MAX_FILE) -> str:
         except OSError as e:
             raise ConfigError(f"{where}: cannot read it: {e.strerror or e}") from None
     if len(data) > limit:
-        raise ConfigError(f"{where}: larger than {limit // 1024} KiB: not a configuration file")
+        raise ConfigError(f"{where}: larger than {limit // 1024} KiB")
     if b"\x00" in data:
         raise ConfigError(f"{where}: binary data (a NUL byte), not text")
     try:
@@ -355,7 +355,7 @@ def _read_file(path: str, required: bool) -> dict[str, tuple[str, str]]:
         parser.read_string(read_text(path), source=path)
     except configparser.Error as e:
         first = one_line(str(e).splitlines()[0], 200)
-        raise ConfigError(f"config: {path}: not a valid INI file: {first}") from None
+        raise ConfigError(f"config: {path}: not a valid INI file: {redact(first)}") from None
     found: dict[str, tuple[str, str]] = {}
     for section in parser.sections():
         if section not in SECTIONS:

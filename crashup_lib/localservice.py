@@ -76,7 +76,7 @@ def check_template(template: str) -> None:
     except ValueError as e:
         raise ValueError(f"cannot split it like a shell would: {e}") from None
     if not words:
-        raise ValueError("it is empty")
+        raise ValueError("expected a command (it is empty)")
     known = ", ".join("{" + k + "}" for k in PLACEHOLDERS)
     for word in words:
         try:
