@@ -100,8 +100,7 @@ def _events(args) -> int:
     stream = events.follow(cfg.journal, from_start=not args.new) if args.follow else events.read(cfg.journal)
     try:
         for event in stream:
-            print(json.dumps(event) if args.json else
-                  f"{event['time']}  {event['type']:<38}{event.get('subject', '')}", flush=True)
+            print(json.dumps(event) if args.json else events.listing(event), flush=True)
     except KeyboardInterrupt:
         pass
     return 0

@@ -15,9 +15,9 @@ import dataclasses
 import difflib
 import os
 import re
-import stat
 from typing import Any, Callable, Iterable, Mapping
 
+from crashup_lib import files
 from crashup_lib.log import one_line, redact, register_secret, shown, text_problem
 from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
 
@@ -315,35 +315,12 @@ def _suggest(name: str, candidates: Iterable[str]) -> str:
 def read_text(path: str, what: str = "config", limit: int = MAX_FILE) -> str:
     """A small UTF-8 text file, or ConfigError naming it and the problem (missing, a directory, unreadable,
     too big, binary, not UTF-8: every way a file can be wrong is a configuration error, never a traceback)."""
-    where = f"{what}: {shown(path, 200)}"
     if path == os.devnull:                   # the usual way to say "no file"
         return ""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)      # a FIFO must not hang the reader: checked below
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such file") from None
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read it: {e.strerror or e}") from None
-    kind = os.fstat(fd).st_mode
-    if not stat.S_ISREG(kind):
-        os.close(fd)
-        raise ConfigError(f"{where}: " + ("is a directory, not a file" if stat.S_ISDIR(kind) else
-                                          "not a regular file"))
-    with os.fdopen(fd, "rb") as f:
-        try:
-            data = f.read(limit + 1)
-        except OSError as e:
-            raise ConfigError(f"{where}: cannot read it: {e.strerror or e}") from None
-    if len(data) > limit:
-        raise ConfigError(f"{where}: larger than {limit // 1024} KiB")
-    if b"\x00" in data:
-        raise ConfigError(f"{where}: binary data (a NUL byte), not text")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{where}: line {line}: byte 0x{data[e.start]:02x} is not UTF-8 "
-                          "(save the file as UTF-8)") from None
+        return files.read_text(path, limit)
+    except files.FileProblem as e:
+        raise ConfigError(f"{what}: {shown(path, 200)}: {e}") from None
 
 
 def _read_file(path: str, required: bool) -> dict[str, tuple[str, str]]:

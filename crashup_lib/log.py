@@ -23,7 +23,8 @@ _SECRET_PAIR = re.compile(
 # user:password@ in URLs; a generated password may hold '/', ':' or '@' (the last '@' before the host ends it)
 _URL_CREDENTIALS = re.compile(r"(//[^/\s:@]+:)(\S+)(@[^@\s]*)")
 # characters that would end or rewrite a line on a terminal or in a log: C0 but tab, DEL, C1, line separators
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# and bidirectional overrides, which reorder what a terminal shows
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 SHOWN_WIDTH = 80
 
 

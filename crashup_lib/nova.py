@@ -21,6 +21,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from crashup_lib.clouds import CloudsFileError, clouds_files, read_clouds_file
 from crashup_lib.log import redact
 
 SERVICES_MV = "2.53"         # service ids are UUIDs; PUT /os-services/{id} (forced_down, status) exists
@@ -173,18 +174,25 @@ def _mv_str(v: tuple[int, int]) -> str:
 
 def cloud_session(cfg, error):
     """(keystoneauth1 session, openstacksdk CloudRegion) for the clouds.yaml entry `cfg.cloud`; a failure is
-    raised as error("cannot load it from clouds.yaml: <first line>") (openstacksdk and keystoneauth raise many kinds;
-    all mean "cannot load the cloud")."""
+    raised as error("<one line>"): the clouds file's own problem (CloudsFileError), or "cannot load it from <file>:
+    <first line>" (openstacksdk and keystoneauth raise many kinds; all mean "cannot load the cloud")."""
+    clouds = None
     try:
         import openstack.config
-        files = [cfg.clouds_file] if getattr(cfg, "clouds_file", "") else None
-        region = openstack.config.OpenStackConfig(config_files=files).get_one(
+        clouds, secure = clouds_files(cfg)
+        for path in (clouds, secure):
+            if path:
+                read_clouds_file(path)
+        region = openstack.config.OpenStackConfig(
+            config_files=[clouds] if clouds else [], secure_files=[secure] if secure else []).get_one(
             cloud=cfg.cloud, region_name=cfg.region_name or None, interface=cfg.interface,
             api_timeout=cfg.api_timeout)
         return region.get_session(), region
+    except CloudsFileError as e:
+        raise error(str(e)) from None
     except Exception as e:     # noqa: BLE001
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise error(f"cannot load it from clouds.yaml: {first}") from None
+        raise error(f"cannot load it from {clouds or 'clouds.yaml (none found)'}: {first}") from None
 
 
 class Nova:

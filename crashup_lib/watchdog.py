@@ -10,9 +10,15 @@ a nova check costs an import of the OpenStack clients and an API call.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import re
 import time
+from typing import Any, Mapping
+
+from crashup_lib import files, log
 
 
 class Verdict:
@@ -44,29 +50,107 @@ def judge(host: str, computes, now: float) -> Verdict:
 
 
 # --- the cache: one JSON file per node in the agent's state folder --------------------------------------------------
+#
+# The file is only a saving: whatever is wrong with it (missing, torn, garbage, a field of the wrong type, too big,
+# not a regular file) reads as no cache, and the monitor asks nova again and writes a good one.
+
+CACHE_MAX = 4096            # bytes: a real cache is about 200; anything larger is not one, and is not read whole
+REASON_MAX = 1024
+_HOST = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,255}")   # one word of printable characters: it goes into commands
+
+
+@dataclasses.dataclass(frozen=True)
+class Cache:
+    """A cached verdict, every field checked; NO_CACHE (checked_at None) when there is none to trust.
+
+    .get(name, default) reads it like the dict it used to be, so the agent's cache.get("healthy", True) and
+    cache.get("host") keep working: a field that is None gives the default."""
+
+    checked_at: float | None = None
+    healthy: bool = True
+    reason: str = ""
+    host: str | None = None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = getattr(self, name, None) if name in _FIELDS else None
+        return default if value is None else value
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Cache))
+NO_CACHE = Cache()
+
 
 def cache_path(state_dir: str, node: str) -> str:
     return os.path.join(state_dir, f"nova-compute-{node}.json")
 
 
-def read_cache(path: str) -> dict:
+def _valid(data: Any) -> Cache | None:
+    """The Cache in a decoded file, or None when any field is missing or of the wrong type."""
+    if not isinstance(data, dict):
+        return None
+    checked, healthy, reason, host = (data.get(k) for k in ("checked_at", "healthy", "reason", "host"))
+    if isinstance(checked, bool) or not isinstance(checked, (int, float)) or not _finite(checked):
+        return None
+    if not isinstance(healthy, bool):
+        return None
+    if not isinstance(reason, str) or len(reason) > REASON_MAX or log.text_problem(reason):
+        return None                                 # it becomes an OCF exit reason: one printable line
+    if host is not None and not (isinstance(host, str) and _HOST.fullmatch(host)):
+        return None
+    return Cache(checked_at=float(checked), healthy=healthy, reason=reason, host=host)
+
+
+def _finite(number: int | float) -> bool:
     try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+        return math.isfinite(number)
+    except OverflowError:                           # an int beyond any float: not a time
+        return False
 
 
-def write_cache(path: str, **data) -> None:
-    """Replace the cache atomically (a monitor may read it at the same moment)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def read_cache(path: str) -> Cache:
+    """The cached verdict, checked field by field; NO_CACHE when the file is missing or is not a good cache."""
+    try:
+        return _valid(json.loads(files.read_text(path, CACHE_MAX))) or NO_CACHE   # NaN, Infinity: refused by _valid
+    except (ValueError, RecursionError):            # FileProblem, UnicodeDecodeError, JSONDecodeError
+        return NO_CACHE
+
+
+def write_cache(path: str, **fields) -> bool:
+    """Replace the cache atomically (a monitor may read it at the same moment) with Cache's fields (an unknown name
+    is a TypeError: a bug). The reason is made one printable line. False when not written: values read_cache would
+    refuse, or a full or read-only disk; the old cache is removed then, so it is not trusted again. The cache is only
+    a saving: a failed write costs a nova check at the next monitor, never the monitor."""
+    Cache(**fields)
+    if isinstance(fields.get("reason"), str):
+        fields["reason"] = log.one_line(fields["reason"], REASON_MAX)
+    cache = _valid(fields)
     tmp = f"{path}.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    try:
+        if cache is not None:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(cache.to_dict(), f)
+            os.replace(tmp, path)
+            return True
+    except OSError:
+        _unlink(tmp)
+    _unlink(path)
+    return False
 
 
-def fresh(cache: dict, max_age: float, now: float | None = None) -> bool:
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def fresh(cache: Cache | Mapping[str, Any], max_age: float, now: float | None = None) -> bool:
+    """Was the verdict checked less than max_age seconds ago (and not in the future: a clock step re-checks)?"""
     checked = cache.get("checked_at")
-    return isinstance(checked, (int, float)) and 0 <= (now or time.time()) - checked < max_age
+    if isinstance(checked, bool) or not isinstance(checked, (int, float)):
+        return False
+    return 0 <= (time.time() if now is None else now) - checked < max_age

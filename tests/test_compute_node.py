@@ -1,5 +1,6 @@
 """The compute-node agent's pure parts: local service control, the heartbeat verdict and its cache, the rejoin
 decisions."""
+import os
 import time
 
 import pytest
@@ -25,8 +26,8 @@ def test_command_templates_fill_names_inside_words_without_a_shell():
     assert argv == ["/opt/ctl", "--host=c1", "two words", "n1;", "rm", "-rf", "/"]
 
 
-@pytest.mark.parametrize("template, message", [("", "empty command"), ("ctl {hots}", "unknown placeholder"),
-                                               ("ctl 'open", "cannot split")])
+@pytest.mark.parametrize("template, message", [("", "it is empty"), ("ctl 'open", "cannot split"),
+                                               ("ctl {hots}", r"placeholder \{hots\} is not one of")])
 def test_bad_command_templates_are_named(template, message):
     with pytest.raises(ValueError, match=message):
         localservice.command_argv(template, host="c1", node="n1")
@@ -50,7 +51,7 @@ def test_commands_run_bounded_with_one_line_errors(tmp_path):
     with pytest.raises(localservice.ServiceControlError, match=r"^start of x failed \(exit 3\): boom$"):
         failing.start(5)
     started = time.monotonic()
-    with pytest.raises(localservice.ServiceControlError, match="did not finish within 0s"):
+    with pytest.raises(localservice.ServiceControlError, match="did not finish within 0.3s"):
         failing.stop(0.3)
     assert time.monotonic() - started < 2
     with pytest.raises(localservice.ServiceControlError, match="/nonexistent/ctl not found"):
@@ -86,15 +87,64 @@ def test_what_is_not_judged_stuck(computes, why):
 
 def test_cache_round_trip_and_freshness(tmp_path):
     path = watchdog.cache_path(str(tmp_path / "state"), "compute1")
-    assert watchdog.read_cache(path) == {}
-    watchdog.write_cache(path, host="c1", checked_at=100.0, healthy=False, reason="stuck")
-    assert watchdog.read_cache(path) == {"host": "c1", "checked_at": 100.0, "healthy": False, "reason": "stuck"}
+    assert watchdog.read_cache(path) is watchdog.NO_CACHE
+    assert watchdog.write_cache(path, host="c1", checked_at=100.0, healthy=False, reason="stuck")
     cache = watchdog.read_cache(path)
+    assert cache == watchdog.Cache(checked_at=100.0, healthy=False, reason="stuck", host="c1")
     assert watchdog.fresh(cache, 30, now=120.0) and not watchdog.fresh(cache, 30, now=131.0)
     assert not watchdog.fresh(cache, 30, now=90.0)                 # from the future: a clock step, re-check
-    assert not watchdog.fresh({}, 30, now=1.0)
+    assert not watchdog.fresh({}, 30, now=1.0) and not watchdog.fresh(watchdog.NO_CACHE, 30, now=1.0)
     (tmp_path / "state" / "nova-compute-compute1.json").write_text("{not json")
-    assert watchdog.read_cache(path) == {}
+    assert watchdog.read_cache(path) is watchdog.NO_CACHE
+
+
+def test_the_cache_reads_like_the_dict_the_agent_expects(tmp_path):
+    """agents/nova-compute reads cache.get("host"), cache.get("healthy", True), cache.get("reason", ...)."""
+    path = str(tmp_path / "c.json")
+    watchdog.write_cache(path, checked_at=5.0, healthy=True, reason="unchecked: config")       # no host
+    cache = watchdog.read_cache(path)
+    assert cache.get("host") is None and cache.get("host", "n1") == "n1" and cache.get("healthy", False) is True
+    assert cache.get("reason", "stuck") == "unchecked: config" and cache.get("nope", 3) == 3
+    assert watchdog.NO_CACHE.get("healthy", True) and watchdog.NO_CACHE.get("checked_at") is None
+
+
+@pytest.mark.parametrize("content", [
+    b'{"reason": null}', b'{"healthy": "yes"}', b"[]", b"\x00\xff\xfe garbage", b'{"checked_at": "x"}', b"",
+    b'{"checked_at": 1, "healthy": false, "reason": null}', b'{"checked_at": 1, "healthy": 0, "reason": "r"}',
+    b'{"checked_at": true, "healthy": true, "reason": "r"}', b'{"checked_at": NaN, "healthy": true, "reason": "r"}',
+    b'{"checked_at": 1e999, "healthy": true, "reason": "r"}', b'{"checked_at": 1' + b"0" * 400 + b', "healthy": '
+    b'true, "reason": "r"}', b'{"checked_at": 1, "healthy": false, "reason": "r", "host": ["c1"]}',
+    b'{"checked_at": 1, "healthy": false, "reason": "r", "host": "c1; rm -rf /"}',
+    b'{"checked_at": 1, "healthy": false, "reason": "stuck\\n\\u001b[2J"}', b"[" * 100000,
+    b'{"checked_at": 1, "healthy": false, "reason": "' + b"r" * 5000 + b'"}',
+])
+def test_a_corrupt_cache_is_no_cache(tmp_path, content):
+    """It used to give the monitor a traceback (or a reason of None, a host that is a list): now the monitor asks
+    nova again."""
+    path = tmp_path / "c.json"
+    path.write_bytes(content)
+    cache = watchdog.read_cache(str(path))
+    assert cache is watchdog.NO_CACHE and not watchdog.fresh(cache, 30)
+
+
+def test_a_cache_that_is_not_a_regular_file_never_blocks_the_monitor(tmp_path):
+    fifo = tmp_path / "c.json"
+    os.mkfifo(fifo)
+    assert watchdog.read_cache(str(fifo)) is watchdog.NO_CACHE
+    assert watchdog.read_cache(str(tmp_path)) is watchdog.NO_CACHE
+
+
+def test_a_cache_that_cannot_be_written_costs_a_recheck_not_the_monitor(tmp_path):
+    path = tmp_path / "state" / "c.json"
+    assert watchdog.write_cache(str(path), checked_at=1.0, healthy=False, reason="old")
+    assert not watchdog.write_cache(str(path), checked_at=2.0, healthy=True, reason="r", host="two words")
+    assert not path.exists()                                         # the old verdict is not trusted again
+    (tmp_path / "ro").write_text("a file where the folder should be")
+    assert not watchdog.write_cache(str(tmp_path / "ro" / "c.json"), checked_at=1.0, healthy=True, reason="r")
+    assert watchdog.write_cache(str(path), checked_at=1.0, healthy=False, reason="since \x1b[2J\nnever")
+    assert watchdog.read_cache(str(path)).reason == "since \\x1b[2J\\nnever"   # made one printable line
+    with pytest.raises(TypeError):
+        watchdog.write_cache(str(path), checked_at=1.0, healthy=True, reason="r", colour="red")      # a bug
 
 
 # --- rejoin ---------------------------------------------------------------------------------------------------------

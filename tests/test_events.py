@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from crashup_lib.recovery import events
+from crashup_lib.recovery import events, journal
 
 try:
     import jsonschema
@@ -322,6 +322,85 @@ def test_read_skips_and_counts_broken_lines(tmp_path):
     assert [e["id"] for e in got] == [e["id"] for e in good[:3]]
     assert got.broken == 6 and got.broken_lines == [2, 5, 6, 7, 8, 10]
     assert events.read(str(tmp_path / "missing.jsonl")) == [] and events.read(str(tmp_path / "missing")).broken == 0
+
+
+def line_of(event, **changes):
+    """The journal line of event with some envelope fields changed (DELETE removes one)."""
+    changed = {k: v for k, v in {**event, **changes}.items() if v is not DELETE}
+    return json.dumps(changed).encode()
+
+
+def test_a_line_without_time_is_skipped_and_the_listing_goes_on(tmp_path, logs):
+    """It used to end `crashup events` (and --follow) with KeyError: 'time'."""
+    path = tmp_path / "events.jsonl"
+    first, last = sample(), sample("crashup.host.recovered")
+    path.write_bytes(b"\n".join([events.to_json(first), line_of(sample(), time=DELETE),
+                                 line_of(sample(), subject=7), line_of(sample(), time="yesterday"),
+                                 line_of(sample(), payload="x"), events.to_json(last)]) + b"\n")
+    got = events.read(str(path))
+    assert [e["id"] for e in got] == [first["id"], last["id"]] and got.broken_lines == [2, 3, 4, 5]
+    assert [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING] == \
+        [f"events: skipped 4 malformed lines in {path}"]                  # one line, not one per bad line
+    with events.follow(str(path), from_start=True, timeout=0, poll_interval=0.01) as follower:
+        assert [e["id"] for e in follower] == [first["id"], last["id"]] and follower.broken == 4
+
+
+def test_lone_surrogates_invalid_utf8_and_nan(tmp_path):
+    """A lone surrogate is valid JSON (crashup's own to_json writes one as \\ud800): it is read, and listed escaped.
+    Bytes that are not UTF-8, NaN, a UTF-16 line: not events."""
+    path = tmp_path / "events.jsonl"
+    odd = events.make_event("crashup.host.storm", "compute\ud800", SAMPLES["crashup.host.storm"][1])
+    raw_utf8 = json.dumps(sample(), ensure_ascii=False).replace("compute1", "cömpute\xff").encode()[:-1] + b"\xff}"
+    nan = line_of(sample()).replace(b'"mode"', b'"x": NaN, "mode"')
+    utf16, bom = line_of(sample()).decode().encode("utf-16"), "\ufeff".encode() + events.to_json(sample())
+    path.write_bytes(b"\n".join([events.to_json(odd), raw_utf8, nan, utf16, bom]))
+    got = events.read(str(path))
+    assert [e["id"] for e in got] == [odd["id"]] and got.broken == 4
+    assert events.listing(got[0]).endswith("compute\\ud800") and events.listing(got[0]).encode("utf-8")
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("\x1b]0;owned\x07\x1b[2J", "\\x1b]0;owned\\x07\\x1b[2J"),
+    ("a\r\nb\tc\x00\x7f", "a\\r\\nb\\tc\\x00\\x7f"),
+    ("\x9b31m\x85", "\\x9b31m\\x85"),                                   # C1: CSI and NEL
+    ("x\u2028y\u2029", "x\\u2028y\\u2029"),                             # line and paragraph separators
+    ("\udc80", "\\udc80"),
+    ("café ☃ 東京", "café ☃ 東京"),                                       # printable text stays as it is
+])
+def test_listing_escapes_what_would_act_on_a_terminal(raw, shown):
+    event = events.make_event("crashup.resource.orphaned", raw, SAMPLES["crashup.resource.orphaned"][1])
+    line = events.listing(dict(event, type="crashup." + raw))
+    assert line.startswith(event["time"] + "  crashup." + shown) and line.endswith(shown)
+    assert events.sanitize(raw) == shown
+
+
+def test_an_overlong_line_is_skipped_without_being_read_whole(tmp_path):
+    import tracemalloc
+    path = tmp_path / "events.jsonl"
+    good = sample()
+    with open(path, "wb") as f:
+        f.write(b'{"time": "' + b"x" * (40 << 20))                   # 40 MiB without a newline, then a good line
+        f.write(b"\n" + events.to_json(good) + b"\n" + b"y" * (3 << 20))
+    tracemalloc.start()
+    try:
+        got = events.read(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [e["id"] for e in got] == [good["id"]] and got.broken_lines == [1, 3]
+    assert peak < 3 * journal.MAX_LINE
+    with events.follow(str(path), from_start=True, timeout=0, poll_interval=0.01) as follower:
+        assert [e["id"] for e in follower] == [good["id"]] and follower.broken == 2
+
+
+def test_a_journal_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "events.jsonl"
+    os.mkfifo(fifo)                                                     # opening it would wait for a writer
+    for reader in (events.read, events.follow):
+        with pytest.raises(OSError, match="not a regular file"):
+            reader(str(fifo))
+    with pytest.raises(OSError, match="is a directory, not a file"):
+        events.read(str(tmp_path))
 
 
 # --- webhook -------------------------------------------------------------------------------------------------------
@@ -683,3 +762,25 @@ def test_follow_ends_after_its_timeout_without_events(tmp_path):
     start = time.monotonic()
     assert list(events.follow(path, timeout=0.3, poll_interval=0.05)) == []
     assert 0.3 <= time.monotonic() - start < 2
+
+
+def test_follow_goes_on_after_bad_lines_and_a_truncation_in_place(tmp_path, logs):
+    path = str(tmp_path / "events.jsonl")
+    a, b, c = sample(), sample("crashup.host.recovered"), sample("crashup.host.storm")
+    append(path, events.to_json(a) + b"\n")
+    follower = events.follow(path, poll_interval=0.05, timeout=3)
+
+    def writer():
+        time.sleep(0.2)
+        append(path, line_of(sample(), time=DELETE) + b"\n\xff\xfe\n" + events.to_json(b) + b"\n")
+        time.sleep(0.3)
+        with open(path, "r+b") as f:                                    # logrotate's copytruncate
+            f.truncate(0)
+        time.sleep(0.3)
+        append(path, events.to_json(c) + b"\n")
+    threading.Thread(target=writer).start()
+    got = [next(follower)["id"] for _ in range(2)]
+    follower.close()
+    assert got == [b["id"], c["id"]] and follower.broken == 2
+    warnings = [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"events: skipped 2 malformed lines in {path}"]

@@ -26,8 +26,9 @@ whitespace. Compute it over the raw body as received, before any JSON parsing, a
 (or verify_signature(raw_body, key, header) from this module). The body holds the event's id and time, so a
 receiver refuses replays by remembering the ids it has seen and checking that time is recent.
 
-Reading back: read(path) returns every event of a journal (broken lines skipped and counted); follow(path) yields
-events as they are appended (what `crashup events` shows).
+Reading back (crashup_lib.recovery.journal, re-exported here): read(path) returns every event of a journal (lines
+that are not events skipped, counted, reported once); follow(path) yields events as they are appended; listing(event)
+is the line `crashup events` prints, every field through sanitize() so no control character reaches a terminal.
 """
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from crashup_lib import __version__, log
+from crashup_lib.recovery.journal import Events, follow, listing, parse_line, read, sanitize  # noqa: F401 - the API
 
 SPECVERSION = "1"
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "events.schema.json")
@@ -104,7 +106,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
 }
 TYPES: tuple[str, ...] = tuple(PAYLOADS)
 
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$", re.ASCII)
 _ACTION = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
@@ -152,9 +154,9 @@ def _check(where: str, spec: Any, value: Any) -> None:
             return
         if not isinstance(value, str):
             raise EventError(f"{where} must be a string{' or null' if spec == 'str?' else ''}, not {_kind(value)}")
-        if spec == "time" and not _RFC3339.match(value):
+        if spec == "time" and not _RFC3339.fullmatch(value):
             raise EventError(f"{where} must be an RFC 3339 date-time (e.g. 2025-01-31T09:15:02.123Z), not {value!r}")
-        if spec == "action" and not _ACTION.match(value):
+        if spec == "action" and not _ACTION.fullmatch(value):
             raise EventError(f"{where} must be lower-case words joined by '-' (e.g. 'reset-state'), not {value!r}")
         if spec in ("str", "time", "action") and not value:
             raise EventError(f"{where} must not be empty")
@@ -562,183 +564,6 @@ class Emitter:
         return not worker.is_alive()
 
     def __enter__(self) -> "Emitter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-# --- reading a journal -----------------------------------------------------------------------------------------------
-
-def _parse_line(line: bytes) -> dict | None:
-    """One journal line -> the event, or None when it is not one (torn, garbage, not an event object)."""
-    try:
-        event = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(event, dict) or not isinstance(event.get("type"), str) or "specversion" not in event:
-        return None
-    return event
-
-
-class Events(list):
-    """The events of a journal, in order; .broken counts the lines that were not events, .broken_lines numbers
-    them (1-based)."""
-
-    def __init__(self, events: Iterable[dict] = (), broken_lines: Iterable[int] = ()):
-        super().__init__(events)
-        self.broken_lines = list(broken_lines)
-
-    @property
-    def broken(self) -> int:
-        return len(self.broken_lines)
-
-
-def read(path: str) -> Events:
-    """Every event of the journal at path. Broken lines are skipped and counted; a missing journal has no events
-    (other errors, e.g. permission denied, raise OSError)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return Events()
-    events, broken = [], []
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        event = _parse_line(line)
-        if event is None:
-            broken.append(number)
-        else:
-            events.append(event)
-    return Events(events, broken)
-
-
-class follow:  # noqa: N801 - used like a function: for event in follow(path): ...
-    """Iterate over the events appended to a journal from now on (or from its start), as they come.
-
-    The position is taken when follow() is called, so an event appended after the call is seen even if iteration
-    starts later. Polls every poll_interval seconds (inotify is not in the standard library); a partial last line
-    waits for its end; broken lines are skipped and counted in .broken; the journal may not exist yet, be rotated
-    (a new file at path: read from its start) or truncated. With timeout, iteration ends after that many seconds
-    without a new event; otherwise it never ends (close() or break out of the loop).
-    """
-
-    MAX_LINE = 1 << 20                              # a "line" longer than this is garbage, not an event
-
-    def __init__(self, path: str, from_start: bool = False, *, poll_interval: float = 0.2,
-                 timeout: float | None = None):
-        self.path = path
-        self.poll_interval = poll_interval
-        self.timeout = timeout
-        self.broken = 0
-        self._file = None
-        self._pos = 0
-        self._buf = b""
-        self._discarding = False
-        self._open(at_end=not from_start)
-        self._gen = self._events()
-
-    def _open(self, at_end: bool) -> bool:
-        try:
-            f = open(self.path, "rb")
-        except OSError:
-            return False
-        self._file, self._pos, self._buf, self._discarding = f, 0, b"", False
-        if at_end:
-            size = os.fstat(f.fileno()).st_size
-            start = max(0, size - 65536)            # begin after the last complete line: a line being written
-            f.seek(start)                           # right now is read whole once its end arrives
-            tail = f.read(size - start)
-            cut = tail.rfind(b"\n")
-            self._pos = start + cut + 1 if cut >= 0 else (size if start else 0)
-        return True
-
-    def _rotated(self) -> bool:
-        """True when path is now another file than the one open, or the open one was truncated under us."""
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return False                            # gone for now: keep the open one until a new file appears
-        mine = os.fstat(self._file.fileno())
-        if (st.st_ino, st.st_dev) != (mine.st_ino, mine.st_dev):
-            return True
-        if mine.st_size < self._pos:                # truncated in place: start again from its beginning
-            self._pos, self._buf, self._discarding = 0, b"", False
-        return False
-
-    def _lines(self, data: bytes) -> Iterator[dict]:
-        self._buf += data
-        while True:
-            cut = self._buf.find(b"\n")
-            if cut < 0:
-                break
-            line, self._buf = self._buf[:cut], self._buf[cut + 1:]
-            if self._discarding:
-                self._discarding = False
-                continue
-            if not line.strip():
-                continue
-            event = _parse_line(line)
-            if event is None:
-                self.broken += 1
-                _log.debug("events: %s: skipped a line that is not an event", self.path)
-            else:
-                yield event
-        if len(self._buf) > self.MAX_LINE:
-            self.broken += 1
-            self._buf, self._discarding = b"", True
-
-    def _events(self) -> Iterator[dict]:
-        last = time.monotonic()
-        try:
-            while True:
-                if self._file is None:
-                    self._open(at_end=False)
-                got = False
-                if self._file is not None:
-                    self._file.seek(self._pos)
-                    data = self._file.read()
-                    if data:
-                        self._pos += len(data)
-                        for event in self._lines(data):
-                            got = True
-                            yield event
-                    elif self._rotated():
-                        self._file.close()
-                        if self._buf.strip():
-                            self.broken += 1        # the old file ended in a torn line
-                        self._file = None
-                        self._open(at_end=False)
-                        continue
-                if got:
-                    last = time.monotonic()
-                    continue
-                if self.timeout is not None and time.monotonic() - last >= self.timeout:
-                    return
-                time.sleep(self.poll_interval)
-        finally:
-            self._close_file()
-
-    def __iter__(self) -> "follow":
-        return self
-
-    def __next__(self) -> dict:
-        return next(self._gen)
-
-    def close(self) -> None:
-        """Stop following: iteration ends and the journal is closed."""
-        self._gen.close()
-        self._close_file()
-
-    def _close_file(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            finally:
-                self._file = None
-
-    def __enter__(self) -> "follow":
         return self
 
     def __exit__(self, *exc) -> None:
