@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import sqlalchemy as sa  # noqa: E402
 
-from crashup_lib.stale import rules  # noqa: E402
+from crashup_lib import rules  # noqa: E402
 from crashup_lib.stale.db import Database, DbError, utcnow  # noqa: E402
 from crashup_lib.stale.nova import NovaSweeper  # noqa: E402
 from crashup_lib.stale.scan import cutoff  # noqa: E402

@@ -1,7 +1,7 @@
-"""The Health Collector: what reality says about a resource, as one of the stale rules' realities.
+"""The Health Collector: what reality says about a resource, as one of the CrashUp rules' realities.
 
 The CrashUp sweep finds a resource stuck in a task, asks `Collector.observe(resource)` and hands the answer's
-`reality` to `crashup_lib.stale.rules.decide()`. Realities are the rules' own (running, paused, suspended,
+`reality` to `crashup_lib.rules.decide()`. Realities are the rules' own (running, paused, suspended,
 shut_off, absent, host_down, unknown; what each means for each kind is `rules.kind_of(service, kind).realities`).
 
 Shape: pure mappings (state codes -> reality) first, backends (the I/O) next, the collector last.
@@ -50,8 +50,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from crashup_lib import deadline
 from crashup_lib.log import redact
-from crashup_lib.stale.rules import (ABSENT, HOST_DOWN, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKNOWN,
-                                     kind_of)
+from crashup_lib.rules import ABSENT, HOST_DOWN, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKNOWN, kind_of
 
 HOST_UP = "host_up"             # a host-level answer only: nothing says the host is down (never a rules reality)
 HOST_LEVEL = (HOST_UP, HOST_DOWN, UNKNOWN)

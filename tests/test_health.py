@@ -7,10 +7,9 @@ import time
 
 import pytest
 
-from crashup_lib import config, deadline, health, ipmi
+from crashup_lib import config, deadline, health, ipmi, rules
 from crashup_lib.nova import NovaUnavailable, Service
-from crashup_lib.stale import rules
-from crashup_lib.stale.rules import ABSENT, HOST_DOWN, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKNOWN
+from crashup_lib.rules import ABSENT, HOST_DOWN, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKNOWN
 from tests.helpers import BmcSim, free_port, wait_for
 
 NO_SLEEP = lambda seconds: None  # noqa: E731

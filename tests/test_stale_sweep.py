@@ -8,9 +8,10 @@ import threading
 
 import pytest
 
+from crashup_lib import rules
 from crashup_lib.health import Collector, Observation, StaticBackend
 from crashup_lib.nova import NovaUnavailable
-from crashup_lib.stale import fix, rules, service
+from crashup_lib.stale import fix, service
 from crashup_lib.stale.db import Database, DbError
 from crashup_lib.stale.nova import NovaSweeper
 from crashup_lib.stale.scan import cutoff

@@ -2,7 +2,7 @@
 
 nova evacuates only instances in vm_state active, stopped or error with no task in progress. On a host whose
 power-off is confirmed every in-progress task is dead (the guest is gone, its compute will never finish it), so the
-decision needs no more reality than "fenced": the CrashUp rules (crashup_lib/stale/rules.py) with the reality
+decision needs no more reality than "fenced": the CrashUp rules (crashup_lib/rules/) with the reality
 `host_down`, read here through the API-only outcomes they are checked to give:
 - no task, and a vm_state evacuate accepts: nothing to do (keep);
 - being deleted (or deleted, shelved): skip; evacuating would resurrect it;
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from crashup_lib.stale import rules
+from crashup_lib import rules
 
 EVACUABLE_VM_STATES = ("active", "stopped", "error")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from crashup_lib import rules
 from crashup_lib.health import Resource
 from crashup_lib.log import redact
-from crashup_lib.stale import rules
 from crashup_lib.stale.db import Database
 from crashup_lib.stale.scan import Stuck, stale_clause
 

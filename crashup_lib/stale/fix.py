@@ -17,8 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Protocol, Sequence
 
-from crashup_lib import log
-from crashup_lib.stale import rules
+from crashup_lib import log, rules
 from crashup_lib.stale.scan import Stuck
 
 API, DB = "api", "db"

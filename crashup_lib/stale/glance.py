@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from crashup_lib import rules
 from crashup_lib.health import Resource
-from crashup_lib.stale import rules
 from crashup_lib.stale.db import Database, utcnow
 from crashup_lib.stale.scan import Stuck, stale_clause
 

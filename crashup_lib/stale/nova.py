@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from crashup_lib import rules
 from crashup_lib.health import Resource
-from crashup_lib.stale import rules
 from crashup_lib.stale.db import Database
 from crashup_lib.stale.scan import Stuck, stale_clause
 

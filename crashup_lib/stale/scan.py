@@ -9,7 +9,7 @@ import dataclasses
 import datetime as _dt
 from typing import Any, Mapping
 
-from crashup_lib.stale import rules
+from crashup_lib import rules
 
 
 @dataclasses.dataclass(frozen=True)

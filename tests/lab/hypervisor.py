@@ -9,7 +9,7 @@ for libvirtd) is not running. It keeps the health.Backend contract, so the sweep
 from __future__ import annotations
 
 from crashup_lib import health
-from crashup_lib.stale.rules import ABSENT, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKNOWN
+from crashup_lib.rules import ABSENT, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKNOWN
 
 # the box names the fake driver's nova.compute.power_state per guest; read as nova reads libvirt's (health.py)
 POWER_REALITIES = {"running": RUNNING, "paused": PAUSED, "shutdown": SHUT_OFF, "crashed": SHUT_OFF,

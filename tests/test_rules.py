@@ -1,4 +1,4 @@
-"""The CrashUp decision tables (crashup_lib/stale/rules.py): consistency, rows checked against the services' own
+"""The CrashUp decision tables (crashup_lib/rules/): consistency, rows checked against the services' own
 state machines, the generated docs, and host recovery's agreement with them."""
 import dataclasses
 import pathlib
@@ -9,8 +9,9 @@ import types
 
 import pytest
 
+from crashup_lib import rules as R
 from crashup_lib.recovery import repair
-from crashup_lib.stale import rules as R
+from crashup_lib.rules import docs, tables
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOVA_FIELDS = ROOT / ".venv-nova/lib/python3.11/site-packages/nova/objects/fields.py"
@@ -42,23 +43,23 @@ def test_nova_task_states_are_those_of_the_installed_nova():
 
 
 @pytest.mark.parametrize("bad, problem", [
-    (R.Reset(R._values({"vm_state": "stopped", "task_state": None})), "os-resetState cannot set"),
-    (R.CasUpdate(R._values({"task_state": None})), "host recovery has only the API"),
+    (R.Reset(R.values_of({"vm_state": "stopped", "task_state": None})), "os-resetState cannot set"),
+    (R.CasUpdate(R.values_of({"task_state": None})), "host recovery has only the API"),
 ])
 def test_check_finds_a_reset_the_api_cannot_express(monkeypatch, bad, problem):
     row = R.rule_for("nova", "instance", "rebooting")
     broken = dataclasses.replace(row, state="made-up", outcomes=tuple(
         (reality, bad if reality == R.HOST_DOWN else o) for reality, o in row.outcomes))
-    monkeypatch.setattr(R, "RULES", R.RULES + (broken,))
+    monkeypatch.setattr(tables, "RULES", R.RULES + (broken,))
     assert any(problem in p and "made-up" in p for p in R.check())
 
 
 def test_check_finds_a_missing_reality_and_a_glance_move_glance_refuses(monkeypatch):
     row = R.rule_for("glance", "image", "saving")
     short = dataclasses.replace(row, state="killed", outcomes=row.outcomes[:-1])
-    back = dataclasses.replace(row, state="importing", outcomes=tuple((r, R.CasUpdate(R._values({"status": "saving"})))
-                                                                      for r, _ in row.outcomes))
-    monkeypatch.setattr(R, "RULES", R.RULES + (short, back))
+    saving = R.CasUpdate(R.values_of({"status": "saving"}))
+    back = dataclasses.replace(row, state="importing", outcomes=tuple((r, saving) for r, _ in row.outcomes))
+    monkeypatch.setattr(tables, "RULES", R.RULES + (short, back))
     problems = "\n".join(R.check())
     assert "('glance', 'image', 'killed'): outcomes for" in problems
     assert "glance does not go from importing to saving" in problems
@@ -206,15 +207,15 @@ def test_via_api():
 
 
 def test_committed_docs_are_the_rendered_tables():
-    assert (ROOT / "docs/stale-rules.md").read_text() == R.markdown(), \
-        "docs/stale-rules.md is stale: python -m crashup_lib.stale.rules --markdown > docs/stale-rules.md"
+    assert (ROOT / "docs/stale-rules.md").read_text() == docs.markdown(), \
+        "docs/stale-rules.md is stale: python -m crashup_lib.rules.docs --markdown > docs/stale-rules.md"
 
 
 def test_module_prints_the_markdown_and_checks():
-    out = subprocess.run([sys.executable, "-m", "crashup_lib.stale.rules", "--markdown"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "crashup_lib.rules.docs", "--markdown"], cwd=ROOT,
                          capture_output=True, text=True, check=True)
-    assert out.stdout == R.markdown() and out.stderr == ""
-    assert subprocess.run([sys.executable, "-m", "crashup_lib.stale.rules", "--check"], cwd=ROOT,
+    assert out.stdout == docs.markdown() and out.stderr == ""
+    assert subprocess.run([sys.executable, "-m", "crashup_lib.rules.docs", "--check"], cwd=ROOT,
                           capture_output=True, text=True).stdout.strip() == "consistent"
 
 
