@@ -6,6 +6,10 @@ accepted, unknown keys warned about and ignored, `nodename`/`nodeid` taken silen
 (default), status, monitor, list, list-status, metadata, validate-all. Exit codes: 0 success; status 0 ON, 2 OFF;
 every failure 1 with one "Failed: ..." line on stderr (Pacemaker classes "Timed out" as a timeout).
 
+Input is untrusted: stdin is read as bytes, bounded in size and time; every value must be UTF-8 text without control
+characters and every number finite and within its option's bounds; a value quoted in a message is shortened and
+escaped (log.shown), and anything unforeseen still ends as the one Failed line, never a traceback.
+
 Unlike fencing.py, timeouts always hold (fencing.py drops them all under Pacemaker), every action runs under a hard
 deadline, and a password is never needed on the command line: stdin, a file or a script supply it, and it is
 redacted from every log line and message.
@@ -19,20 +23,28 @@ from __future__ import annotations
 import dataclasses
 import getopt
 import logging
+import os
 import re
 import shlex
-import subprocess
 import sys
 import time
+import traceback
 from typing import Any
 
-from crashup_lib import __version__, deadline, log
+from crashup_lib import __version__, deadline, log, proc
 from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
 
 EC_OK, EC_FAILED, EC_STATUS_OFF = 0, 1, 2
 ACTIONS = ("on", "off", "reboot", "status", "monitor", "list", "list-status", "metadata", "validate-all")
 IGNORED_SILENTLY = ("nodename", "nodeid")      # Pacemaker sends these to every agent
 DEVICE_ACTIONS = ("monitor", "list", "list-status", "validate-all")   # about the device, not one node
+MAX_INPUT = 64 * 1024          # bytes of stdin: Pacemaker sends a handful of lines
+INPUT_TIMEOUT = 10.0           # seconds to wait for the end of stdin: Pacemaker writes it at once and closes it
+MAX_SECRET = 4096              # bytes read of a password file or a password script's output: one short line
+SCRIPT_TIMEOUT = 10.0          # seconds a password script may take, at most (less when the deadline is nearer)
+MAX_LINE = 400                 # characters of a Failed or Success line
+MAX_WARNINGS = 20              # warnings shown of one input; the rest are counted
+MAXIMUM = {"integer": 2**31 - 1, "second": 3600}   # an Option's maximum unless it names its own
 
 
 class FenceError(Exception):
@@ -55,6 +67,8 @@ class Option:
     choices: tuple[str, ...] = ()
     obsoletes: str | None = None               # the old name, still accepted, listed as deprecated
     secret: bool = False
+    minimum: float = 0                         # integer and second: inclusive bounds (maximum None: MAXIMUM[type])
+    maximum: float | None = None
 
     @property
     def longopt(self) -> str:
@@ -74,30 +88,44 @@ class Option:
                 return False
             raise ValueError("a boolean (1/0, yes/no, on/off, true/false)")
         if self.type in ("integer", "second"):
-            try:
-                value = float(raw) if self.type == "second" else int(raw)
-            except ValueError:
-                raise ValueError("a number of seconds" if self.type == "second" else "an integer") from None
-            if value < 0:
-                raise ValueError("not negative")
-            return value
+            return self._number(raw)
         if self.type == "select" and raw not in self.choices:
             raise ValueError("one of " + ", ".join(self.choices))
         return raw
+
+    def _number(self, raw: str) -> float | int:
+        high = MAXIMUM[self.type] if self.maximum is None else self.maximum
+        try:
+            value = float(raw) if self.type == "second" else int(raw)
+        except ValueError:                     # also int()'s digit limit: a 5000-digit integer is no port
+            value = None
+        # written so that nan fails it too: a nan deadline compares false with everything, and disabled the deadline
+        if value is None or not self.minimum <= value <= high:
+            kind = "a number of seconds" if self.type == "second" else "an integer"
+            raise ValueError(f"{kind} from {_figure(self.minimum)} to {_figure(high)}")
+        return value
+
+
+def _figure(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 # Options every crashup fence agent has.
 COMMON_OPTIONS = (
     Option("action", "Fencing action", default="reboot", short="o", metavar="action"),
     Option("plug", "Name of the node to fence, as Pacemaker names it", short="n", metavar="id", obsoletes="port"),
-    Option("delay", "Wait X seconds before fencing is started", type="second", default="0", metavar="seconds"),
+    Option("delay", "Wait X seconds before fencing is started", type="second", default="0", metavar="seconds",
+           maximum=3600),
     Option("power_timeout", "Test X seconds for status change after ON/OFF", type="second", default="20",
-           metavar="seconds"),
-    Option("power_wait", "Wait X seconds after issuing ON/OFF", type="second", default="0", metavar="seconds"),
+           metavar="seconds", maximum=600),
+    Option("power_wait", "Wait X seconds after issuing ON/OFF", type="second", default="0", metavar="seconds",
+           maximum=600),
     Option("login_timeout", "Wait X seconds for the device to answer a login or a request", type="second",
-           default="5", metavar="seconds"),
+           default="5", metavar="seconds", maximum=600),
+    # at least 1: a deadline of 0 (or nan) would be none, and a hung device would outlive Pacemaker's timeout
     Option("deadline", "Hard limit on one action, in seconds; keep it below Pacemaker's action timeout "
-           "(pcmk_off_timeout, default stonith-timeout 60s)", type="second", default="50", metavar="seconds"),
+           "(pcmk_off_timeout, default stonith-timeout 60s)", type="second", default="50", metavar="seconds",
+           minimum=1, maximum=3600),
     Option("verbose", "Verbose mode", type="boolean", short="v"),
     Option("quiet", "Disable logging to stderr. Does not affect --verbose or --debug-file or logging to syslog.",
            type="boolean", short="q"),
@@ -146,31 +174,105 @@ class Request:
 def _resolve_password(req: Request) -> str | None:
     if req.options.get("password"):
         return req.options["password"]
-    path = req.options.get("password_file")
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                value = f.readline().rstrip("\r\n")
-        except OSError as e:
-            raise FenceError(f"cannot read password_file {path}: {e.strerror}") from None
-        log.register_secret(value)
-        return value
-    script = req.options.get("password_script")
-    if script:
-        try:
-            argv = shlex.split(script)
-            done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  timeout=min(10.0, deadline.remaining(10.0) or 10.0))
-        except (OSError, ValueError) as e:
-            raise FenceError(f"cannot run password_script: {getattr(e, 'strerror', None) or e}") from None
-        except subprocess.TimeoutExpired:
-            raise FenceTimeout("Timed out running password_script") from None
-        value = done.stdout.splitlines()[0].rstrip() if done.stdout else ""
-        log.register_secret(value)
-        if done.returncode != 0:
-            raise FenceError(f"password_script exited with status {done.returncode}")
-        return value
+    if req.options.get("password_file"):
+        return _password_from_file(req.options["password_file"])
+    if req.options.get("password_script"):
+        return _password_from_script(req.options["password_script"])
     return None
+
+
+# Messages say "the password file/script", not "password_file: ...": a key: value pair of a secret-looking key is
+# what log.redact blanks out, and the reason would go with it.
+def _password_from_file(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRET + 1)      # /dev/zero or a log file given by mistake: never more
+    except OSError as e:
+        raise FenceError(f"cannot read the password file {log.shown(path)}: {e.strerror}") from None
+    return _password_line(data, f"the password file {log.shown(path)}")
+
+
+def _password_from_script(script: str) -> str:
+    try:
+        argv = shlex.split(script)
+    except ValueError as e:
+        raise FenceError(f"cannot read the password script command {log.shown(script)}: {e}") from None
+    if not argv:
+        raise FenceError("the password script command is empty")
+    timeout = min(SCRIPT_TIMEOUT, deadline.remaining(SCRIPT_TIMEOUT))
+    try:      # in a session of its own: on a timeout its whole process group is killed, children and all
+        done = proc.run(argv, timeout, limit=MAX_SECRET + 1)
+    except proc.TimedOut:
+        raise FenceTimeout(f"Timed out: the password script {log.shown(argv[0])} did not finish within "
+                           f"{timeout:.3g}s (killed)") from None
+    except proc.ProcError as e:
+        raise FenceError(f"cannot run the password script: {e}") from None
+    if done.returncode != 0:
+        raise FenceError(f"the password script {log.shown(argv[0])} exited with status {done.returncode}")
+    # proc decodes with errors="replace": a byte that was not UTF-8 is U+FFFD, which _password_line refuses
+    return _password_line(done.stdout.encode("utf-8"), f"the output of the password script {log.shown(argv[0])}",
+                          strip=None)          # all trailing white space, as fence-agents take a script's output
+
+
+def _password_line(data: bytes, source: str, strip: bytes | None = b"\r") -> str:
+    """The password: the first line of `data` (at most MAX_SECRET + 1 bytes of it were read), registered as a
+    secret. Errors name the source, never the content."""
+    line, newline, _ = data.partition(b"\n")
+    if not newline and len(data) > MAX_SECRET:
+        raise FenceError(f"{source} has no line break in its first {MAX_SECRET} bytes: not a password")
+    value = line.rstrip(strip).decode("utf-8", "replace")
+    log.register_secret(value)
+    problem = log.text_problem(value) or ("valid UTF-8" if "\ufffd" in value else None)
+    if problem:
+        raise FenceError(f"the first line of {source} is not {problem}")
+    if not value:
+        raise FenceError(f"the first line of {source} is empty")
+    return value
+
+
+def success(text: str) -> None:
+    """Print the 'Success: ...' line of an action; what it quotes (a host, nova's words) is redacted, one line."""
+    print("Success: " + log.one_line(log.redact(text), MAX_LINE))
+
+
+def _check_text(name: str, value: str, where: str = "", secret: bool = False) -> None:
+    """Refuse a value no fence option can hold: not UTF-8 (undecodable stdin bytes, argv's surrogate escapes), with
+    control characters (it would split or rewrite a log line) or, but in a password, anything else not printable
+    (tab, invisible or bidi formatting characters): then any value a message quotes prints as it is. The value is not
+    shown: it is garbage, or a password."""
+    problem = log.text_problem(value)
+    if not problem and not secret and not value.isprintable():
+        problem = "printable text (no tab, invisible or formatting character)"
+    if problem:
+        raise FenceError(f"option {name}{where} is not {problem}")
+
+
+def _escaped(text: str) -> str:
+    """Text that is garbage more often than not (unknown option names, getopt's complaints), escaped to ASCII."""
+    return ascii(text)[1:-1]
+
+
+def _where(error: BaseException) -> str:
+    """A traceback as one line, innermost frame first: Pacemaker logs an agent's stderr line by line."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return " < ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames))
+
+
+def _read_input(stream) -> bytes:
+    """stdin as bytes, at most MAX_INPUT of them, within INPUT_TIMEOUT: decoding is the parser's, line by line."""
+    if stream is None or stream.isatty():
+        return b""
+    source = getattr(stream, "buffer", stream)
+    try:
+        with deadline.deadline(INPUT_TIMEOUT, "reading the options on stdin"):
+            data = source.read(MAX_INPUT + 1)
+    except deadline.DeadlineExceeded:
+        raise FenceTimeout(f"Timed out: stdin was not closed within {INPUT_TIMEOUT:g}s") from None
+    if isinstance(data, str):                  # a text stream without a buffer (an agent run in-process)
+        data = data.encode("utf-8", "surrogateescape")
+    if len(data) > MAX_INPUT:
+        raise FenceError(f"more than {MAX_INPUT // 1024} KiB on stdin: Pacemaker sends a few lines of options")
+    return data
 
 
 class FenceAgent:
@@ -225,18 +327,18 @@ class FenceAgent:
 
     def on(self, req: Request) -> int:
         if self._read_state(req) == "on":
-            print("Success: Already ON")
+            success("Already ON")
             return EC_OK
         self._change_power(req, "on")
-        print("Success: Powered ON")
+        success("Powered ON")
         return EC_OK
 
     def off(self, req: Request) -> int:
         if self._read_state(req) == "off":
-            print("Success: Already OFF")
+            success("Already OFF")
             return EC_OK
         self._change_power(req, "off")
-        print("Success: Powered OFF")
+        success("Powered OFF")
         return EC_OK
 
     def reboot(self, req: Request) -> int:
@@ -248,7 +350,7 @@ class FenceAgent:
             self._change_power(req, "on")
         except FenceError as e:
             req.log.warning("node is fenced (OFF confirmed) but powering it back ON failed: %s", e)
-        print("Success: Rebooted")
+        success("Rebooted")
         return EC_OK
 
     def list(self, req: Request) -> int:
@@ -328,27 +430,30 @@ class FenceAgent:
         return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
     # --- input -------------------------------------------------------------------------------------------------
-    def parse_stdin(self, lines: list[str], warn) -> tuple[dict[str, str], str | None]:
-        raw: dict[str, str] = {}
-        nodename = None
-        for line in lines:
-            line = line.strip()
+    def parse_stdin(self, data: bytes, warn) -> tuple[dict[str, str], str | None]:
+        entries = []
+        for number, line in enumerate(data.split(b"\n"), 1):
+            # surrogateescape: a byte that is not UTF-8 reaches _check_text, which names its option and line
+            line = line.decode("utf-8", "surrogateescape").strip()
             if not line or line.startswith("#"):
                 continue
             name, _, value = line.partition("=")
-            name = name.strip().replace("-", "_")
-            value = re.sub(r'^"(.*)"$', r"\1", value.strip())
+            entries.append((number, name.strip().replace("-", "_"), re.sub(r'^"(.*)"$', r"\1", value.strip())))
+        self._register_secrets((name, value) for _, name, value in entries)
+        raw: dict[str, str] = {}
+        nodename = None
+        for number, name, value in entries:
             option = self.by_input_name.get(name)
-            if option is None:
-                if name == "nodename":
-                    nodename = value
-                elif name not in IGNORED_SILENTLY:
-                    shown = ascii(name)[1:-1]                  # garbage input stays one printable line
-                    warn(f"Parse error: Ignoring unknown option '{shown[:60]}'")
+            if option is None and name != "nodename":
+                if name not in IGNORED_SILENTLY:
+                    warn(f"Parse error: Ignoring unknown option {log.shown(_escaped(name), 60)}")
                 continue
-            if option.secret:
-                log.register_secret(value)
-            raw[option.name] = value
+            _check_text(option.name if option else name, value, f" on line {number}",
+                        option is not None and option.secret)
+            if option is None:
+                nodename = value
+            else:
+                raw[option.name] = value
         return raw, nodename
 
     def parse_argv(self, argv: list[str], warn) -> dict[str, str]:
@@ -360,26 +465,36 @@ class FenceAgent:
         try:
             pairs, rest = getopt.gnu_getopt(argv, shorts + "hV", longs)
         except getopt.GetoptError as e:
-            raise FenceError(f"Parse error: {e.msg}") from None
-        if rest:
-            warn(f"Unused arguments on command line: {' '.join(rest)}")
-        raw: dict[str, str] = {}
+            raise FenceError(f"Parse error: {log.one_line(_escaped(e.msg), 120)}") from None
+        if rest:                 # not quoted: `-o -p secret` leaves the password there, never registered
+            warn(f"{len(rest)} unused argument(s) on the command line, ignored")
+        entries = []                           # (option, value); option None: value is the action help/version
         for flag, value in pairs:
-            if flag in ("-h", "--help"):
-                raw["action"] = "help"
-                continue
-            if flag in ("-V", "--version"):
-                raw["action"] = "version"
+            if flag in ("-h", "--help", "-V", "--version"):
+                entries.append((None, "help" if flag in ("-h", "--help") else "version"))
                 continue
             key = flag.lstrip("-").replace("-", "_")
-            option = next((o for o in self.options if o.short == key), None) if len(flag) == 2 \
-                else self.by_input_name[key]
+            option = next(o for o in self.options if o.short == key) if len(flag) == 2 else self.by_input_name[key]
+            entries.append((option, "1" if option.type == "boolean" else value))
+        self._register_secrets((option.name, value) for option, value in entries if option)
+        raw: dict[str, str] = {}
+        for option, value in entries:
+            if option is None:
+                raw["action"] = value
+                continue
+            _check_text(option.name, value, secret=option.secret)
             if option.secret:
-                log.register_secret(value)
                 warn(f"{option.name} on the command line is visible to every user of this host; "
                      f"give it on stdin, or use password_file or password_script")
-            raw[option.name] = "1" if option.type == "boolean" else value
+            raw[option.name] = value
         return raw
+
+    def _register_secrets(self, pairs) -> None:
+        """Before anything is checked or warned about: no message may quote a secret that redact does not know."""
+        for name, value in pairs:
+            option = self.by_input_name.get(name)
+            if option is not None and option.secret:
+                log.register_secret(value)
 
     def _typed(self, raw: dict[str, str]) -> dict[str, Any]:
         typed: dict[str, Any] = {}
@@ -391,7 +506,7 @@ class FenceAgent:
             try:
                 typed[o.name] = o.parse(value)
             except ValueError as e:
-                shown = "***" if o.secret else repr(value)
+                shown = log.REDACTED if o.secret else log.shown(value)
                 raise FenceError(f"option {o.name}={shown} is not {e}") from None
         return typed
 
@@ -408,28 +523,40 @@ class FenceAgent:
 
     # --- running -----------------------------------------------------------------------------------------------
     def run(self, argv: list[str], stdin=None) -> int:
-        stdin = sys.stdin if stdin is None else stdin
-        from_stdin = not argv
-        warnings: list[str] = []
-        nodename = None
+        """One invocation. Every failure, foreseen or not, ends as one 'Failed:' line and exit 1, never a traceback."""
+        self.log = None
         try:
-            if from_stdin:
-                raw, nodename = self.parse_stdin(stdin.readlines() if not stdin.isatty() else [], warnings.append)
-            else:
+            return self._run(argv, sys.stdin if stdin is None else stdin)
+        except KeyboardInterrupt:
+            return self._fail("interrupted")
+        except Exception as e:                  # a defect of ours or of an agent: one line; where, at debug level
+            if self.log is not None:
+                self.log.debug("%s raised at %s", type(e).__name__, _where(e))
+            return self._fail(f"{type(e).__name__}: {e}")
+
+    def _run(self, argv: list[str], stdin) -> int:
+        warnings: list[str] = []
+        nodename, parse_error = None, None
+        try:
+            if argv:
                 raw = self.parse_argv(argv, warnings.append)
-        except (FenceError, UnicodeDecodeError) as e:
+            else:
+                raw, nodename = self.parse_stdin(_read_input(stdin), warnings.append)
+        except FenceError as e:
             raw, parse_error = {}, e
-        else:
-            parse_error = None
         action = raw.get("action", "reboot").lower()
         action = "metadata" if action == "meta-data" else action
         quiet = raw.get("quiet", "0").lower() in TRUE_WORDS
         verbose = raw.get("verbose", "0").lower() in TRUE_WORDS
         self.log = log.setup(self.name, stderr=not quiet, debug=verbose,
                              stderr_level=logging.DEBUG if verbose else logging.WARNING)
-        for w in warnings:
+        for w in warnings[:MAX_WARNINGS]:
             self.log.warning("%s", w)
+        if len(warnings) > MAX_WARNINGS:
+            self.log.warning("%d more warnings about the input not shown", len(warnings) - MAX_WARNINGS)
 
+        if parse_error is not None:
+            return self._fail(f"cannot read the options: {parse_error}")
         if action == "metadata":
             sys.stdout.buffer.write(self.metadata())
             return EC_OK
@@ -439,16 +566,14 @@ class FenceAgent:
         if action == "help":
             print(self.usage())
             return EC_OK
-        if parse_error is not None:
-            return self._fail(f"cannot read the options: {parse_error}")
         if action not in self.supported_actions():
-            return self._fail(f"Unrecognised action '{action}'")
+            return self._fail(f"Unrecognised action {log.shown(action)}")
         try:
             options = self._typed(raw)
         except FenceError as e:
             return self._fail(str(e))
-        req = Request(action, options, nodename, from_stdin, self.log)
-        budget = options["deadline"] or 0
+        req = Request(action, options, nodename, not argv, self.log)
+        budget = options["deadline"]
         try:
             with deadline.deadline(budget, f"{self.name} {action}"):
                 self.check_required(req)
@@ -468,15 +593,17 @@ class FenceAgent:
             return self._fail(f"Timed out: {action} did not finish within the {budget:g}s deadline")
         except KeyboardInterrupt:
             return self._fail(f"{action} interrupted")
-        except Exception as e:                  # never a traceback: one line; the details at debug level
-            self.log.debug("%s failed", action, exc_info=True)
+        except Exception as e:                  # never a traceback: one line; where, at debug level
+            self.log.debug("%s: %s raised at %s", action, type(e).__name__, _where(e))
             return self._fail(f"{action}: {type(e).__name__}: {e}")
 
     def _fail(self, message: str) -> int:
-        line = "Failed: " + log.redact(message)
-        if self.log is not None and self.log.handlers:
-            self.log.error("%s", line)
-        else:
+        """The one 'Failed:' line: redacted, printable, short; on stderr whatever the logging (quiet, none yet)."""
+        line = "Failed: " + log.one_line(log.redact(message), MAX_LINE)
+        logger = self.log
+        if logger is not None and logger.handlers:     # none: logging's last resort would print it a second time
+            logger.error("%s", line)
+        if logger is None or not any(getattr(h, "stream", None) is sys.stderr for h in logger.handlers):
             print(line, file=sys.stderr)
         return EC_FAILED
 

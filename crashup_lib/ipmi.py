@@ -8,19 +8,25 @@ defects are worked around here:
   timer): `_io_wait` returns at once when a reply is already queued;
 - stale sessions (`initting_sessions` keyed by str, deleted by bytes): the table is cleared around each session;
 - no logout at exit: close() always logs out, bounded;
-- non-idempotent resends of slow commands: only power on/off are ever sent, never reset or cycle.
+- non-idempotent resends of slow commands: only power on/off are ever sent, never reset or cycle;
+- a name that does not resolve raises a bare socket.gaierror (shown as "-2"), and getaddrinfo cannot be interrupted
+  by the deadline's signal: the address is resolved first, in a thread, within the login timeout.
 """
 from __future__ import annotations
 
+import re
+import socket
 import threading
 
-from crashup_lib import deadline
+from crashup_lib import deadline, log
 
 CHASSIS_NETFN = 0x00
 GET_CHASSIS_STATUS = 0x01
 CHASSIS_CONTROL = 0x02
 POWER_DOWN, POWER_UP = 0x00, 0x01
 PRIVILEGES = {"callback": 1, "user": 2, "operator": 3, "administrator": 4}
+# a host name, an IPv4 or an IPv6 address (with a %zone): nothing else is worth a DNS query or fits in a message
+_ADDRESS = re.compile(r"[A-Za-z0-9._:%-]{1,253}")
 
 
 class BmcError(Exception):
@@ -65,17 +71,43 @@ def _session_module():
 
 
 def _describe(error: Exception, where: str, username: str) -> BmcError:
+    if isinstance(error, OSError):          # socket errors: their strerror, never a bare errno
+        return BmcError(f"BMC {where}: {error.strerror or type(error).__name__}")
     text = str(error.args[0]) if getattr(error, "args", None) and error.args[0] is not None else ""
-    lowered = text.lower()
+    text, lowered, user = log.one_line(text, 200), text.lower(), log.shown(username)
     if "incorrect password" in lowered:
-        return BmcError(f"BMC {where} refused the login: wrong password for user {username!r}")
+        return BmcError(f"BMC {where} refused the login: wrong password for user {user}")
     if "unauthorized name" in lowered:
-        return BmcError(f"BMC {where} refused the login: unknown user {username!r}")
+        return BmcError(f"BMC {where} refused the login: unknown user {user}")
     if "privilege" in lowered:
-        return BmcError(f"BMC {where} refused the login: user {username!r} lacks the privilege level ({text})")
+        return BmcError(f"BMC {where} refused the login: user {user} lacks the privilege level ({text})")
     if not text or "timeout" in lowered or "no longer connected" in lowered or "unable to" in lowered:
         return BmcTimeout(f"Timed out: no answer from BMC {where} (is it reachable and listening?)")
-    return BmcError(f"BMC {where}: {text}")
+    if type(error).__module__.startswith("pyghmi"):
+        return BmcError(f"BMC {where}: {text}")
+    # pyghmi tripping over a reply it did not expect (IndexError, KeyError, struct.error): a bare "5" says nothing
+    return BmcError(f"BMC {where}: unexpected reply ({type(error).__name__}: {text})")
+
+
+def _resolve(address: str, port: int, timeout: float) -> None:
+    """Raise a BmcError naming the address when it does not resolve. In a thread: a dead DNS server holds
+    getaddrinfo for seconds per server, and the deadline's signal cannot interrupt it (it can interrupt the join)."""
+    failure: list[BaseException] = []
+
+    def lookup():
+        try:
+            socket.getaddrinfo(address, port, 0, socket.SOCK_DGRAM)
+        except Exception as e:           # gaierror; UnicodeError for a label idna refuses
+            failure.append(e)
+
+    thread = threading.Thread(target=lookup, name=f"resolve {address}", daemon=True)
+    thread.start()
+    thread.join(timeout or None)
+    if thread.is_alive():
+        raise BmcTimeout(f"Timed out resolving BMC address {log.shown(address)} (no answer within {timeout:g}s)")
+    if failure:
+        reason = getattr(failure[0], "strerror", None) or "not a valid host name"
+        raise BmcError(f"cannot resolve BMC address {log.shown(address)}: {reason}")
 
 
 class Bmc:
@@ -83,10 +115,15 @@ class Bmc:
 
     def __init__(self, address: str, username: str, password: str, *, port: int = 623,
                  privilege: str = "administrator", cipher: str = "", timeout: float = 5.0):
+        if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+            raise BmcError(f"BMC address {log.shown(address)} is not a host name or an IP address")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise BmcError(f"BMC port {log.shown(port)} is not a port number (1 to 65535)")
         if privilege not in PRIVILEGES:
-            raise BmcError(f"privilege level {privilege!r} is not one of {', '.join(PRIVILEGES)}")
+            raise BmcError(f"privilege level {log.shown(privilege)} is not one of {', '.join(PRIVILEGES)}")
         if cipher not in ("", "3", "17"):
-            raise BmcError(f"cipher suite {cipher!r} is not supported (3 or 17; empty negotiates 17, then 3)")
+            raise BmcError(f"cipher suite {log.shown(cipher)} is not supported (3 or 17; empty negotiates 17, "
+                           "then 3)")
         self.address, self.port, self.username = address, port, username
         self._password = password
         self.privilege, self.cipher, self.timeout = privilege, cipher, timeout
@@ -114,6 +151,7 @@ class Bmc:
                 s.attemptedhash = 1
             session.Session._initsession = _initsession
         try:
+            _resolve(self.address, self.port, self.timeout)      # bounded by itself, and says so when it is slow
             with deadline.deadline(self.timeout, f"login to BMC {self.where}"):
                 self._session = session.Session(bmc=self.address, userid=self.username,
                                                 password=self._password, port=self.port,
@@ -123,6 +161,8 @@ class Bmc:
                 raise
             raise BmcTimeout(f"Timed out: BMC {self.where} did not complete the login within {self.timeout:g}s") \
                 from None
+        except BmcError:
+            raise
         except Exception as e:                            # pyghmi raises IpmiException, and worse on bad replies
             raise _describe(e, self.where, self.username) from None
         finally:

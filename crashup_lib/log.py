@@ -44,8 +44,8 @@ def redact(text: str) -> str:
 def one_line(text: str, width: int = 1000) -> str:
     """`text` as one printable line of at most `width` characters: control characters and undecodable bytes are
     escaped, so nothing a user typed can end a line, move a terminal's cursor or fake a log record."""
-    text = _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if not text.isprintable():          # zero-width and format characters too, not only C0/C1
+        text = "".join(c if c.isprintable() or c == "\t" else ascii(c)[1:-1] for c in text)
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
