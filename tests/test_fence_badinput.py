@@ -113,7 +113,7 @@ def isolated(logfile):
     err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace")
     env = {"HA_LOGFILE": str(logfile), "HA_DEBUGLOG": "", "HA_debug": "0"}
     try:
-        with mock.patch.dict(os.environ, env), mock.patch.object(fencing, "time", FakeClock()), \
+        with mock.patch.dict(os.environ, env), mock.patch.object(fencing.agent, "time", FakeClock()), \
                 contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), secrets_kept():
             yield out, err
     finally:
@@ -250,7 +250,7 @@ def test_a_stdin_never_closed_is_a_timeout_not_a_hang(logfile):
     read_end, write_end = os.pipe()
     try:
         with open(read_end, "rb", closefd=False) as stdin, isolated(logfile) as (out, err), \
-                mock.patch.object(fencing, "INPUT_TIMEOUT", 0.3):
+                mock.patch.object(fencing.options, "INPUT_TIMEOUT", 0.3):
             os.write(write_end, b"action=status\n")
             start = time.monotonic()
             rc = FakePower().run([], stdin=stdin)
@@ -300,8 +300,12 @@ def failed_line(result) -> str:
 def test_password_file_dev_zero_is_refused_at_once(tmp_path):
     result, _ = fence_ipmi(tmp_path, "password_file=/dev/zero\n")
     assert result.returncode == 1 and result.elapsed < 5
-    assert failed_line(result).endswith("Failed: the password file '/dev/zero' has no line break in its first 4096 "
-                                        "bytes: not a password")
+    assert failed_line(result).endswith("Failed: cannot read the password file '/dev/zero': not a regular file")
+    endless = tmp_path / "endless"                      # a regular file without a line break: read 4 KiB, no more
+    endless.write_bytes(b"x" * 100_000)
+    result, _ = fence_ipmi(tmp_path, f"password_file={endless}\n")
+    assert failed_line(result).endswith(f"Failed: the password file '{endless}' has no line break in its first "
+                                        "4096 bytes: not a password")
 
 
 @pytest.mark.parametrize("content, problem", [(b"\xff\xfepw\n", "is not valid UTF-8"),
@@ -436,7 +440,7 @@ def test_password_source_failures_are_not_blanked_out(tmp_path):
     result, _ = fence_ipmi(tmp_path, f"password_script={tmp_path}/no-such-script\n")
     assert f"Failed: cannot run the password script: {tmp_path}/no-such-script not found" in result.stderr
     result, _ = fence_ipmi(tmp_path, f"password_file={tmp_path}/no-such-file\n")
-    assert "': No such file or directory" in result.stderr and log.REDACTED not in result.stderr
+    assert "': no such file" in result.stderr and log.REDACTED not in result.stderr
     for message in (failed_line(result), "cannot run the password script: /x not found",
                     "the password script '/x' exited with status 3"):
         assert log.redact(message) == message
