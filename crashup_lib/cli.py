@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import re
+import signal
 import sys
 import time
 
@@ -98,12 +99,17 @@ def _events(args) -> int:
         print("crashup: no journal configured ([events] journal)", file=sys.stderr)
         return 2
     stream = events.follow(cfg.journal, from_start=not args.new) if args.follow else events.read(cfg.journal)
-    try:
+    signal.signal(signal.SIGTERM, _interrupted)     # a follower's normal end, like Ctrl-C (which a background
+    try:                                            # shell may have set to be ignored)
         for event in stream:
             print(json.dumps(event) if args.json else events.listing(event), flush=True)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _sweep(args) -> int:
