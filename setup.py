@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["crashup_lib", "crashup_lib.*"]),
-    package_data={"crashup_lib.recovery": ["events.schema.json"]},   # the events contract, read at run time
+    package_data={"crashup_lib.events": ["events.schema.json"]},   # the events contract, read at run time
     include_package_data=True,
     # Ranges: the lower bounds are what the code needs, the upper bounds what has been tested
     # (constraints.txt pins the exact versions the test suite runs on).
@@ -26,7 +26,7 @@ setup(
     # python-novaclient: the lab's tests read nova through its own client. libvirt-python: crashup_lib.health's
     # libvirt backend (imported only when one is built); it compiles against the system's libvirt (Debian:
     # libvirt-dev, pkg-config, gcc, python3-dev).
-    # sweep: the CrashUp sweep's database access (crashup_lib.stale.db, imported only by `crashup sweep`)
+    # sweep: the CrashUp sweep's database access (crashup_lib.sweep.db, imported only by `crashup sweep`)
     extras_require={"test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6.100,<7", "python-novaclient>=18,<19",
                              "libvirt-python>=9.0", *SWEEP],
                     "libvirt": ["libvirt-python>=9.0"],

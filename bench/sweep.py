@@ -4,7 +4,7 @@
 For each backend: a nova cell database made by nova's own migrations (tests/lab/schemas.py), filled with a
 realistic instances table (50 hosts; mostly active; ~1 % stuck in a task from rules.stuck_states('nova',
 'instance') for longer than recovery_stale_period; fresher tasks and deleted rows the scan must not pick), then
-crashup_lib.stale.nova.NovaSweeper.scan() timed over several runs.  Prints the medians, rows/s and the query plan
+crashup_lib.sweep.nova.NovaSweeper.scan() timed over several runs.  Prints the medians, rows/s and the query plan
 (EXPLAIN); never asserts a timing (exit 1 only if the scan finds the wrong rows).  Goal: scan <= 1 s.
 
     python bench/sweep.py [--rows 100000] [--runs 7] [--backend sqlite|mariadb|both] [--analyze]
@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 import sqlalchemy as sa  # noqa: E402
 
 from crashup_lib import rules  # noqa: E402
-from crashup_lib.stale.db import Database, DbError, utcnow  # noqa: E402
-from crashup_lib.stale.nova import NovaSweeper  # noqa: E402
-from crashup_lib.stale.scan import cutoff  # noqa: E402
+from crashup_lib.sweep.db import Database, DbError, utcnow  # noqa: E402
+from crashup_lib.sweep.nova import NovaSweeper  # noqa: E402
+from crashup_lib.sweep.scan import cutoff  # noqa: E402
 from tests.lab import mariadb, schemas  # noqa: E402
 
 STALE_PERIOD = 600.0          # recovery_stale_period's default

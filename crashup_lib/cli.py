@@ -74,26 +74,28 @@ def _recover(args) -> int:
     from crashup_lib import pacemaker
     from crashup_lib.recovery import daemon
     cfg = _load(args)
-    req = pacemaker.request(args.node)
+    cluster = pacemaker.Cluster()
+    req = cluster.request(args.node)
     if req is None:
         raise pacemaker.PacemakerError(f"no recovery request for {args.node}: fencing records one")
     if args.force and req.open:                  # past the storm guard or the notify hand-off, on purpose
-        req = req.moved_to("recovering", "resumed by the operator")
-        pacemaker.write_request(req)
-    step = daemon.Daemon(cfg, state_dir="/run/crashup").recovery().recover(req)
-    print(step.summary)
-    return 0 if not step.request.open or step.waiting else 1
+        req = req.moved_to("recovering", "resumed by the operator")     # (moving clears the hold)
+        cluster.write_request(req)
+    progress = daemon.Daemon(cfg, state_dir="/run/crashup", cluster=cluster).recovery().recover(req)
+    print(progress.summary)
+    return 0 if not progress.request.open or progress.waiting else 1
 
 
 def _release(args) -> int:
+    from crashup_lib import pacemaker
     from crashup_lib.recovery import pipeline
-    req = pipeline.release(args.node)
+    req = pipeline.release(args.node, pacemaker.Cluster())
     print(f"{args.node}: recovery {req.state}")
     return 0
 
 
 def _events(args) -> int:
-    from crashup_lib.recovery import events
+    from crashup_lib import events
     cfg = _load(args)
     if not cfg.journal:
         print("crashup: no journal configured ([events] journal)", file=sys.stderr)
@@ -113,12 +115,12 @@ def _interrupted(signum, frame):
 
 
 def _sweep(args) -> int:
-    from crashup_lib.stale import service
+    from crashup_lib.sweep import daemon
     mode = "daemon" if args.daemon else "dry-run" if args.dry_run else "once"
     if args.state_dir and mode != "daemon":
         print("crashup: --state-dir goes with --daemon", file=sys.stderr)
         return 2
-    return service.run(_load(args), mode, state_dir=args.state_dir)
+    return daemon.run(_load(args), mode, state_dir=args.state_dir)
 
 
 def _pcs(args) -> int:

@@ -1,4 +1,4 @@
-"""Start, stop and check a service on this machine: a systemd unit, or an operator's own commands.
+"""Start, stop and check a service on this machine: a systemd unit, or an operator's own commands; and libvirt.
 
 The compute-node agent drives nova-compute through this. Commands are argv templates split like a shell would
 (never run through one): `{host}` becomes the nova service host, `{node}` the Pacemaker node. Every call is bounded
@@ -9,11 +9,20 @@ from __future__ import annotations
 import os
 import shlex
 import string
+import time
+from typing import Callable
 
 from crashup_lib import proc
 
 BACKENDS = ("systemd", "command")
 PLACEHOLDERS = ("host", "node")
+STATUS_TIMEOUT = 10.0           # seconds a status check (or libvirt's answer) may take at most
+STOP_POLL = 0.2                 # seconds between status checks while a stopped service goes
+
+
+def status_timeout(remaining: float) -> float:
+    """How long a status check may take with `remaining` seconds left of the action: a second is kept to report."""
+    return min(STATUS_TIMEOUT, max(remaining - 1, 0.5))
 
 
 class ServiceControlError(RuntimeError):
@@ -45,6 +54,17 @@ class LocalService:
     def stop(self, timeout: float) -> None:
         self._check("stop", timeout)
 
+    def ensure_stopped(self, remaining: Callable[[], float], sleep: Callable[[float], None] = time.sleep) -> None:
+        """Stop it if it runs, and wait until its status says stopped, within remaining() seconds (2 are kept to
+        report): ServiceControlError (one line) when it still runs then."""
+        if not self.running(status_timeout(remaining())):
+            return
+        self.stop(max(remaining() - 2, 1.0))
+        while self.running(status_timeout(remaining())):
+            if remaining() < 2:
+                raise ServiceControlError(f"{self.name} still running after its stop command")
+            sleep(STOP_POLL)
+
     def _check(self, what: str, timeout: float) -> None:
         done = self._run(what, timeout)
         if done.returncode != 0:
@@ -59,6 +79,20 @@ class LocalService:
             raise ServiceNotInstalled(f"{what} of {self.name}: {e}") from None
         except proc.ProcError as e:
             raise ServiceControlError(f"{what} of {self.name}: {e}") from None
+
+
+def check_libvirt(uri: str, timeout: float) -> None:
+    """Raise unless libvirt at `uri` answers `virsh version` within min(timeout, STATUS_TIMEOUT) seconds:
+    ServiceNotInstalled without virsh, else ServiceControlError (one line)."""
+    try:
+        done = proc.run(["virsh", "--connect", uri, "version"], min(STATUS_TIMEOUT, timeout))
+    except proc.NotInstalled:
+        raise ServiceNotInstalled("virsh not installed (needed for libvirt_uri)") from None
+    except proc.TimedOut:
+        raise ServiceControlError(f"libvirt at {uri} did not answer within {STATUS_TIMEOUT:g}s") from None
+    if done.returncode != 0:
+        raise ServiceControlError(f"libvirt at {uri} not answering: "
+                                  f"{done.last_line() or f'virsh exit {done.returncode}'}")
 
 
 def installed(program: str) -> bool:

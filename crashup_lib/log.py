@@ -49,6 +49,15 @@ def one_line(text: str, width: int = 1000) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+def error_line(error: BaseException | str, width: int = 300) -> str:
+    """An error (or a service's message) as one log line: whitespace folded, secrets redacted, shortened. Every
+    "one line of what went wrong" in crashup is this."""
+    text = " ".join(str(error).split())
+    if not text and isinstance(error, BaseException):      # KeyError() says nothing: its name does
+        text = type(error).__name__
+    return one_line(redact(text), width)
+
+
 def shown(value: object, width: int = SHOWN_WIDTH) -> str:
     """A value someone gave, quoted for a message: redacted, one printable line, shortened (a 1 MB option value
     must not become a 1 MB log line)."""

@@ -21,8 +21,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from crashup_lib.clouds import CloudsFileError, clouds_files, read_clouds_file
+from crashup_lib import osapi
 from crashup_lib.log import redact
+from crashup_lib.osapi import cloud_session
 
 SERVICES_MV = "2.53"         # service ids are UUIDs; PUT /os-services/{id} (forced_down, status) exists
 SERVERS_MV = "2.98"          # 2.26 tags, 2.47 flavor with extra_specs embedded, 2.98 image properties embedded
@@ -66,11 +67,8 @@ class NovaUnavailable(NovaError):
 
 
 def _error_class(status: int | None) -> type[NovaError]:
-    if status is None:
-        return NovaError
-    if status >= 500:
-        return NovaUnavailable
-    return {400: NovaBadRequest, 404: NovaNotFound, 409: NovaConflict}.get(status, NovaError)
+    return {osapi.BAD_REQUEST: NovaBadRequest, osapi.NOT_FOUND: NovaNotFound, osapi.CONFLICT: NovaConflict,
+            osapi.UNAVAILABLE: NovaUnavailable}.get(osapi.status_kind(status), NovaError)
 
 
 # --- results ---------------------------------------------------------------------------------------------------------
@@ -170,41 +168,33 @@ def _mv_str(v: tuple[int, int]) -> str:
     return f"{v[0]}.{v[1]}"
 
 
-# --- the client ------------------------------------------------------------------------------------------------------
+def evacuate_microversion(keep_power_state: bool) -> str:
+    """The microversion to evacuate at: EVACUATE_KEEP_POWER to have servers come back in the power state they had
+    (an ACTIVE one stays ACTIVE), else EVACUATE_STOPPED (nova's current behaviour: all SHUTOFF)."""
+    return EVACUATE_KEEP_POWER if keep_power_state else EVACUATE_STOPPED
 
-def cloud_session(cfg, error):
-    """(keystoneauth1 session, openstacksdk CloudRegion) for the clouds.yaml entry `cfg.cloud`; a failure is
-    raised as error("<one line>"): the clouds file's own problem (CloudsFileError), or "cannot load it from <file>:
-    <first line>" (openstacksdk and keystoneauth raise many kinds; all mean "cannot load the cloud")."""
-    clouds = None
-    try:
-        import openstack.config
-        clouds, secure = clouds_files(cfg)
-        for path in (clouds, secure):
-            if path:
-                read_clouds_file(path)
-        region = openstack.config.OpenStackConfig(
-            config_files=[clouds] if clouds else [], secure_files=[secure] if secure else []).get_one(
-            cloud=cfg.cloud, region_name=cfg.region_name or None, interface=cfg.interface,
-            api_timeout=cfg.api_timeout)
-        return region.get_session(), region
-    except CloudsFileError as e:
-        raise error(str(e)) from None
-    except Exception as e:     # noqa: BLE001
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise error(f"cannot load it from {clouds or 'clouds.yaml (none found)'}: {first}") from None
 
+def evacuate_leaves_stopped(microversion: str | None) -> bool:
+    """Whether nova leaves a server evacuated at `microversion` SHUTOFF on its new host (>= EVACUATE_STOPPED; below
+    it the server keeps its state). None or "latest" is the newest, which does. ValueError unless 'X.Y'."""
+    text = str(microversion or "latest").strip().lower()
+    if text == "latest":
+        return True
+    if not re.fullmatch(r"\d+\.\d+", text):
+        raise ValueError(f"microversion {microversion!r} is not 'X.Y' or 'latest'")
+    return _mv(text) >= _mv(EVACUATE_STOPPED)
+
+
+# --- the client (session, adapter and error messages: osapi.py, shared with the block-storage client) ---------------
 
 class Nova:
     def __init__(self, session, *, interface: str | None = "internal", region_name: str | None = None,
                  timeout: float = 30.0, endpoint_override: str | None = None):
         """`session`: a keystoneauth1 Session (its auth plugin finds the compute endpoint in the catalog, unless
         `endpoint_override`). `timeout`: bound on each method, in seconds."""
-        from keystoneauth1 import adapter
         # no retries below us: a retry of a POST is the caller's decision (evacuate twice is not harmless)
-        self._api = adapter.Adapter(session, service_type="compute", interface=interface or None,
-                                    region_name=region_name or None, endpoint_override=endpoint_override or None,
-                                    connect_retries=0, status_code_retries=0)
+        self._api = osapi.adapter(session, "compute", interface=interface, region_name=region_name,
+                                  endpoint_override=endpoint_override)
         self.timeout = float(timeout)
         self._max: tuple[int, int] | None = None
 
@@ -225,7 +215,7 @@ class Nova:
                  microversion: tuple[int, int] | None = None, body: Any = None,
                  params: dict | None = None) -> Any:
         """One HTTP request within what is left of `deadline`; the decoded JSON body (None when empty)."""
-        from keystoneauth1 import exceptions as ks_exc
+        from keystoneauth1 import exceptions as ks_exc      # with the session: the agents' idle paths never load it
         left = deadline - time.monotonic()
         if left <= 0:
             raise NovaUnavailable(call, target, f"no answer within {self.timeout:g}s")
@@ -235,21 +225,13 @@ class Nova:
         try:
             resp = self._api.request(path, method, json=body, params=params, raise_exc=False, timeout=left,
                                      **kwargs)
-        except ks_exc.ConnectTimeout:            # keystoneauth's name for connect and read timeouts alike
-            raise NovaUnavailable(call, target, f"no answer within {self.timeout:g}s "
-                                  f"from {self._where()}") from None
-        except ks_exc.SSLError as e:
-            raise NovaError(call, target, f"TLS error: {_short_cause(e)}") from None
-        except ks_exc.ConnectionError as e:
-            raise NovaUnavailable(call, target, f"cannot connect to {self._where()}: {_short_cause(e)}") from None
-        except ks_exc.HttpError as e:            # from the auth plugin (keystone), before nova saw anything
-            raise _error_class(e.http_status)(call, target, f"authentication: HTTP {e.http_status}: "
-                                              f"{_short_cause(e)}", status=e.http_status) from None
-        except ks_exc.ClientException as e:      # no endpoint in the catalog, missing auth, ...
-            raise NovaError(call, target, f"{type(e).__name__}: {_short_cause(e)}") from None
+        except ks_exc.ClientException as e:
+            failure = osapi.transport_failure(e, timeout=self.timeout, where=self._where())
+            kind = NovaUnavailable if failure.unavailable else _error_class(failure.status)
+            raise kind(call, target, failure.detail, status=failure.status) from None
         request_id = resp.headers.get("x-openstack-request-id") or resp.headers.get("x-compute-request-id")
         if resp.status_code >= 400:
-            message = _nova_message(resp)
+            message = osapi.error_message(resp)
             raise _error_class(resp.status_code)(call, target, f"HTTP {resp.status_code}: {message}",
                                                  status=resp.status_code, nova_message=message,
                                                  request_id=request_id)
@@ -262,10 +244,7 @@ class Nova:
                             status=resp.status_code, request_id=request_id) from None
 
     def _where(self) -> str:
-        try:
-            return self._api.get_endpoint() or "the compute endpoint"
-        except Exception:          # the endpoint lookup itself may be what fails
-            return "the compute endpoint"
+        return osapi.endpoint(self._api, "the compute endpoint")
 
     def _negotiate(self, call: str, target: str | None, wanted: str, deadline: float,
                    needed: str | None = None) -> tuple[int, int]:
@@ -440,33 +419,3 @@ class Nova:
         mv = self._negotiate("aggregates", None, AGGREGATES_MV, deadline)
         doc = self._request("aggregates", None, "GET", "/os-aggregates", deadline=deadline, microversion=mv) or {}
         return [_aggregate(d) for d in doc.get("aggregates") or ()]
-
-
-# --- messages --------------------------------------------------------------------------------------------------------
-
-def _nova_message(resp) -> str:
-    """nova's own words from an error body ({"badRequest": {"code": 400, "message": "..."}}), else the text."""
-    try:
-        doc = resp.json()
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict):
-        for value in doc.values():
-            if isinstance(value, dict) and value.get("message"):
-                return _one_line(str(value["message"]))
-        if doc.get("message"):
-            return _one_line(str(doc["message"]))
-    text = re.sub(r"<[^>]+>", " ", resp.text or "")            # a proxy's HTML page
-    return _one_line(text) or (resp.reason or "no message")
-
-
-def _short_cause(e: Exception) -> str:
-    """The useful end of a requests/urllib3 chain: '[Errno 111] Connection refused', not the pool's repr."""
-    text = str(e)
-    m = re.search(r"\[Errno -?\d+\][^'\")]*", text)
-    return _one_line(m.group(0) if m else text)
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."

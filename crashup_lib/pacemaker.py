@@ -10,6 +10,8 @@ library (this module is imported by fence agents: no lxml). Errors are Pacemaker
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import enum
 import json
 import subprocess
 import time
@@ -26,6 +28,30 @@ OPEN_STATES = ("pending", "recovering")
 MODES = ("auto", "notify")
 
 
+class Hold(enum.Enum):
+    """Why an open request waits, kept apart from its note (the note is for people; control flow reads this)."""
+    NONE = "none"                                  # nothing holds it: the pipeline goes on
+    FENCING_UNCONFIRMED = "fencing_unconfirmed"    # no confirmed fencing past the grace (and an event said so)
+    NOTIFIED = "notified"                          # notify mode: handed to the operator, waiting for release
+    STORM = "storm"                                # the storm guard stopped automatic evacuation
+    WAITING_FOR_COMPUTE = "waiting_for_compute"    # no other nova-compute up to take the instances yet
+
+
+#: The notes the version before `hold` existed wrote for each hold, exactly (frozen: never reworded, whatever the
+#: pipeline says today).
+_LEGACY_NOTES = {"notified: waiting for release": Hold.NOTIFIED,
+                 "storm guard: automatic evacuation stopped": Hold.STORM,
+                 "waiting for another nova-compute to be up to take the instances": Hold.WAITING_FOR_COMPUTE}
+
+
+def _legacy_hold(note: str) -> Hold:
+    """The hold of a request without a "hold" key: one written by the previous version (a daemon or a fence agent
+    not yet upgraded), whose note was its hold. Derived here, once, as it is read; nothing else reads a note."""
+    if note.startswith("fencing not confirmed"):
+        return Hold.FENCING_UNCONFIRMED
+    return _LEGACY_NOTES.get(note, Hold.NONE)
+
+
 class PacemakerError(RuntimeError):
     """A Pacemaker tool failed or answered something unreadable; the message is one line."""
 
@@ -40,6 +66,7 @@ class RecoveryRequest:
     host: str = ""                 # the nova service host, once resolved
     note: str = ""                 # the last thing worth telling an operator
     filter_mode: str = ""          # the first plan's ("tagged"/"all"): a resumed plan filters the same way
+    hold: Hold = Hold.NONE         # why it waits; cleared by every move (moved_to)
 
     @property
     def open(self) -> bool:
@@ -48,7 +75,7 @@ class RecoveryRequest:
     def to_value(self) -> str:
         return json.dumps({"state": self.state, "mode": self.mode, "fenced_at": round(self.fenced_at, 3),
                            "updated_at": round(self.updated_at, 3), "host": self.host, "note": self.note,
-                           "filter_mode": self.filter_mode},
+                           "filter_mode": self.filter_mode, "hold": self.hold.value},
                           separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -57,18 +84,19 @@ class RecoveryRequest:
             data = json.loads(value)
             request = cls(node=node, state=data["state"], mode=data["mode"], fenced_at=float(data["fenced_at"]),
                           updated_at=float(data.get("updated_at", data["fenced_at"])), host=data.get("host", ""),
-                          note=data.get("note", ""), filter_mode=data.get("filter_mode", ""))
-        except (ValueError, KeyError, TypeError) as e:
+                          note=data.get("note", ""), filter_mode=data.get("filter_mode", ""),
+                          hold=Hold(data["hold"]) if "hold" in data else _legacy_hold(data.get("note", "")))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise PacemakerError(f"unreadable recovery request of {node}: {value[:80]!r} ({e})") from None
         if request.state not in STATES or request.mode not in MODES:
             raise PacemakerError(f"unreadable recovery request of {node}: state {request.state!r}, "
                                  f"mode {request.mode!r}")
         return request
 
-    def moved_to(self, state: str, note: str = "", **changes) -> "RecoveryRequest":
+    def moved_to(self, state: str, note: str = "", hold: Hold = Hold.NONE, **changes) -> "RecoveryRequest":
         if state not in STATES:
             raise ValueError(state)
-        return dataclasses.replace(self, state=state, note=note, updated_at=time.time(), **changes)
+        return dataclasses.replace(self, state=state, note=note, hold=hold, updated_at=time.time(), **changes)
 
 
 def _run(argv: list[str], timeout: float = 15.0) -> str:
@@ -149,7 +177,9 @@ def record_failure(node: str, mode: str, timeout: float = 15.0) -> RecoveryReque
     now = time.time()
     current = request(node, timeout)
     if current is not None and current.open:
-        req = dataclasses.replace(current, fenced_at=now, updated_at=now,
+        # a new fencing lifts any hold: the pipeline looks afresh (what a fence agent of the previous version, which
+        # knows no hold, does too when it writes this over a request mid-upgrade)
+        req = dataclasses.replace(current, fenced_at=now, updated_at=now, hold=Hold.NONE,
                                   note=f"fenced again while {current.state}")
     else:
         req = RecoveryRequest(node=node, state="pending", mode=mode, fenced_at=now, updated_at=now,
@@ -174,7 +204,6 @@ def _epoch(text: str | None) -> float | None:
         return None
     for fmt in ("%Y-%m-%d %H:%M:%SZ", "%Y-%m-%d %H:%M:%S%z", "%a %b %d %H:%M:%S %Y"):
         try:
-            import datetime
             parsed = datetime.datetime.strptime(text, fmt)
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=datetime.timezone.utc)
@@ -269,3 +298,40 @@ def nodes(timeout: float = 15.0) -> list[Node]:
     section = root.find("nodes")
     return [Node(name=el.get("name", ""), type=el.get("type", ""), online=el.get("online") == "true",
                  unclean=el.get("unclean") == "true") for el in (section if section is not None else [])]
+
+
+# --- the cluster as one object ---------------------------------------------------------------------------------------
+
+class Cluster:
+    """What the recovery daemon and pipeline ask of the cluster, as one object they are given (as they are given
+    nova): this module's functions with their default time bounds. Tests give them tests/fakes.py's FakeCluster."""
+
+    def survey(self) -> tuple[dict[str, RecoveryRequest], list[RecoveryRequest]]:
+        return survey()
+
+    def requests(self) -> dict[str, RecoveryRequest]:
+        return requests()
+
+    def request(self, node: str) -> RecoveryRequest | None:
+        return request(node)
+
+    def write_request(self, req: RecoveryRequest) -> None:
+        write_request(req)
+
+    def write_state_mirror(self, req: RecoveryRequest) -> None:
+        write_state_mirror(req)
+
+    def nodes(self) -> list[Node]:
+        return nodes()
+
+    def fenced_since(self, node: str, since: float) -> FenceEvent | None:
+        return fenced_since(node, since)
+
+    def fencing_in_flight(self, node: str) -> bool:
+        return fencing_in_flight(node)
+
+    def wait_settled(self, limit: float = SETTLE_WAIT) -> bool:
+        return wait_settled(limit)
+
+    def request_fencing(self, node: str) -> None:
+        request_fencing(node)

@@ -42,12 +42,12 @@ class Done:
 
 
 def run(argv: list[str], timeout: float, *, input: bytes | None = None, env: dict[str, str] | None = None,
-        limit: int = LIMIT) -> Done:
+        limit: int = LIMIT, cwd: str | None = None) -> Done:
     """Run argv (never through a shell) for at most `timeout` seconds. Raises NotInstalled or TimedOut."""
     try:
         p = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True,
-                             close_fds=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+                             start_new_session=True, close_fds=True)
     except (FileNotFoundError, NotADirectoryError):
         raise NotInstalled(f"{argv[0]} not found") from None
     except PermissionError:

@@ -6,7 +6,9 @@ failure (conductor, database, message bus), and restarting every nova-compute wo
 not acted on. nova's own clock decides "down" (its `state`), so the nodes' clocks never matter.
 
 The verdict is cached in a small file: the monitor runs every few seconds on every node and must stay cheap, while
-a nova check costs an import of the OpenStack clients and an API call.
+a nova check costs an import of the OpenStack clients and an API call. So nothing here imports them, nor
+crashup_lib.nova: check_heartbeat is handed the call that lists the computes, and the errors that mean "nova could
+not be asked".
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import math
 import os
 import re
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from crashup_lib import files, log
 
@@ -47,6 +49,39 @@ def judge(host: str, computes, now: float) -> Verdict:
         return Verdict(True, "nova sees every nova-compute down: a control-plane problem, not this host's", now)
     return Verdict(False, f"nova-compute of {host} is running but nova sees no heartbeat since "
                           f"{svc.updated_at or 'ever'}: stuck", now)
+
+
+def check_heartbeat(path: str, host: str, computes: Callable[[], Iterable], logger, *,
+                    unreachable: type[BaseException] | tuple[type[BaseException], ...] = (),
+                    now: Callable[[], float] = time.time) -> Cache:
+    """Ask nova (computes(): every nova-compute service it lists) for the verdict on `host`'s nova-compute, cache it
+    at `path`, and return it. computes() raising one of `unreachable` (nova down, its cloud unreadable) says nothing
+    about this host: a healthy verdict, "unchecked: why", cached like any other (never restart computes for a
+    control-plane outage, nor ask nova again at every monitor)."""
+    try:
+        verdict = judge(host, computes(), now())
+    except unreachable as e:
+        return unchecked(path, str(e), logger, host=host, now=now)
+    if not verdict.healthy:
+        logger.warning("%s", verdict.reason)
+    return _keep(path, Cache(host=host, checked_at=verdict.checked_at, healthy=verdict.healthy,
+                             reason=verdict.reason))
+
+
+def unchecked(path: str, why: str, logger, *, host: str | None = None,
+              now: Callable[[], float] = time.time) -> Cache:
+    """The verdict when nova could not be asked (`why`: nova unreachable, or with no host, crashup.conf unreadable:
+    a typo there must not stop nova-compute on every node): healthy, cached, and warned about."""
+    if host is None:
+        logger.warning("heartbeat not checked: %s", why)
+    else:
+        logger.warning("heartbeat of %s not checked: %s", host, why)
+    return _keep(path, Cache(host=host, checked_at=now(), healthy=True, reason=f"unchecked: {why}"))
+
+
+def _keep(path: str, cache: Cache) -> Cache:
+    write_cache(path, **cache.to_dict())
+    return cache
 
 
 # --- the cache: one JSON file per node in the agent's state folder --------------------------------------------------
@@ -136,12 +171,14 @@ def write_cache(path: str, **fields) -> bool:
             os.replace(tmp, path)
             return True
     except OSError:
-        _unlink(tmp)
-    _unlink(path)
+        forget(tmp)
+    forget(path)
     return False
 
 
-def _unlink(path: str) -> None:
+def forget(path: str) -> None:
+    """Remove the cache (a stop does: the next start's process is judged afresh); none, or not ours to remove, is
+    no failure."""
     try:
         os.unlink(path)
     except OSError:

@@ -1,11 +1,18 @@
 """agents/nova-compute as Pacemaker runs it (a fresh process, parameters in the environment), with its two outside
 boundaries faked: the CIB (a `cibadmin` on PATH answering a recovery request) and the local service (commands on a
-flag file). The real path, with Pacemaker, nova and fencing, is tests/e2e/test_compute_agent.py."""
+flag file); and in this process with nova faked too, for the start's wiring and exit codes (every path of the
+rejoin itself: tests/test_rejoin.py). The real path, with Pacemaker, nova and fencing, is
+tests/e2e/test_compute_agent.py."""
+import contextlib
+import importlib.machinery
+import importlib.util
+import io
 import json
 import time
 
 import pytest
 
+from crashup_lib.nova import NovaUnavailable, Service
 from tests.helpers import REPO, agent_env, run
 
 AGENT = REPO / "agents" / "nova-compute"
@@ -128,3 +135,73 @@ def test_a_broken_configuration_never_makes_the_monitor_a_hard_error(node, tmp_p
     assert result.returncode == 0 and "heartbeat not checked: " in result.stderr and "mode" in result.stderr
     stop = run([AGENT, "stop"], env=env)                 # a failed stop would get the node fenced
     assert stop.returncode == 0 and not node.running.exists()
+
+
+# --- in this process, nova faked: the start's wiring and its exit codes ----------------------------------------------
+
+class Nova:
+    """nova as the start sees it: this node's nova-compute is up (with a heartbeat newer than before its start)
+    while the flag file exists."""
+
+    def __init__(self, flag, hosts=("compute1", "compute2"), forced_down=False, down=False):
+        self.flag, self.hosts, self.forced_down, self.down = flag, hosts, forced_down, down
+
+    def _record(self, host):
+        running = self.flag.exists() and host == "compute1"
+        return Service(id=host, host=host, binary="nova-compute", state="up" if running or host != "compute1"
+                       else "down", status="enabled", forced_down=self.forced_down and host == "compute1",
+                       disabled_reason=None, updated_at="T1" if running else "T0")
+
+    def services(self):
+        if self.down:
+            raise NovaUnavailable("services", None, "cannot connect to http://nova:8774: refused")
+        return [self._record(h) for h in self.hosts]
+
+    def service(self, host):
+        return self._record(host)
+
+
+@pytest.fixture
+def in_process(node, monkeypatch):
+    """(start(nova, **params) -> (rc, stderr), the node): the agent's start run in this process with `nova` for
+    the compute API."""
+    loader = importlib.machinery.SourceFileLoader("agent_nova_compute_in_process", str(AGENT))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    monkeypatch.setenv("PATH", node.env()["PATH"])                  # the fake cibadmin
+
+    def start(nova, **params):
+        monkeypatch.setattr(module, "_nova", lambda ctx, cfg: nova)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = module.agent.run(["start"], env=node.env(**{"OCF_RESKEY_CRM_meta_timeout": "8000", **params}))
+        return rc, err.getvalue()
+    return start
+
+
+def test_start_never_fenced_starts_nova_compute_and_caches_the_first_verdict(node, in_process):
+    rc, err = in_process(Nova(node.running))
+    assert rc == 0, err
+    assert node.running.exists()
+    cache = json.loads((node.path / "state" / "nova-compute-compute1.json").read_text())
+    assert cache["host"] == "compute1" and cache["healthy"] is True and cache["reason"] == "heartbeat fresh"
+
+
+def test_start_refuses_a_forced_down_crashup_did_not_set_and_starts_nothing(node, in_process):
+    rc, err = in_process(Nova(node.running, forced_down=True))
+    assert rc == 1 and "ocf-exit-reason:the nova-compute service of compute1 is forced down, but crashup never " \
+                       "fenced this node" in err
+    assert not node.running.exists()
+
+
+def test_start_names_an_ambiguous_host_as_a_configuration_error(node, in_process):
+    rc, err = in_process(Nova(node.running, hosts=("compute1.a.org", "compute1.b.org")))
+    assert rc == 6 and "ocf-exit-reason:" in err and "compute1.a.org" in err and not node.running.exists()
+
+
+def test_start_with_nova_unreachable_ends_before_its_timeout_naming_nova(node, in_process):
+    started = time.monotonic()
+    rc, err = in_process(Nova(node.running, down=True), OCF_RESKEY_CRM_meta_timeout="4000")
+    assert rc == 1 and "ocf-exit-reason:nova-compute of compute1 not up before the start timeout: nova services: " \
+                       "cannot connect" in err
+    assert time.monotonic() - started < 4 and "Traceback" not in err

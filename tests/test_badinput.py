@@ -6,11 +6,8 @@ import contextlib
 import importlib.machinery
 import importlib.util
 import io
-import logging
 import os
 import pathlib
-import signal
-import subprocess
 import sys
 import time
 
@@ -213,12 +210,12 @@ def test_a_fifo_or_a_device_is_refused_without_hanging(tmp_path):
 
 
 def test_an_undecodable_connection_file_is_a_configuration_error(tmp_path):
-    from crashup_lib.stale import service
+    from crashup_lib.sweep import wiring
     urls = tmp_path / "urls"
     urls.write_bytes(b"mysql+pymysql://nova:s\xe9cret@db/nova\n")
     cfg = config.load(None, env={"CRASHUP_NOVA_CONNECTION_FILE": str(urls)})
     with pytest.raises(config.ConfigError, match="line 1: byte 0xe9 is not UTF-8"):
-        service.connections(cfg, "nova")
+        wiring.connections(cfg, "nova")
 
 
 # --- defect 3: a crashup start that gives up takes its daemon back ------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The compute-node agent's pure parts: local service control, the heartbeat verdict and its cache, the rejoin
-decisions."""
+"""The compute-node agent's library parts: local service control (and libvirt), the heartbeat verdict and its cache,
+the rejoin decisions (the rejoin loop: tests/test_rejoin.py)."""
 import os
 import time
 
@@ -56,6 +56,46 @@ def test_commands_run_bounded_with_one_line_errors(tmp_path):
     assert time.monotonic() - started < 2
     with pytest.raises(localservice.ServiceControlError, match="/nonexistent/ctl not found"):
         localservice.commands("x", "/nonexistent/ctl", "true", "true").start(1)
+
+
+def test_a_stop_waits_until_the_status_says_stopped_and_is_bounded(tmp_path):
+    flag = tmp_path / "running"
+    flag.touch()
+    slow = localservice.commands("nova-compute", "true", f"sh -c '(sleep 0.5; rm -f {flag}) &'", f"test -e {flag}")
+    slow.ensure_stopped(lambda: 30.0)
+    assert not flag.exists()
+    slow.ensure_stopped(lambda: 30.0)                                # not running: nothing to do
+    flag.touch()
+    stubborn = localservice.commands("nova-compute", "true", "true", f"test -e {flag}")
+    left = iter([30.0, 30.0, 30.0, 30.0, 1.5, 1.5])     # status, stop, status, check; status, check: out of time
+    naps = []
+    with pytest.raises(localservice.ServiceControlError, match="^nova-compute still running after its stop command$"):
+        stubborn.ensure_stopped(lambda: next(left), sleep=naps.append)
+    assert naps == [localservice.STOP_POLL]
+
+
+def test_status_checks_keep_a_second_to_report():
+    assert localservice.status_timeout(60) == localservice.STATUS_TIMEOUT
+    assert localservice.status_timeout(4) == 3 and localservice.status_timeout(0.2) == 0.5
+
+
+def test_libvirt_check_names_what_is_wrong(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(localservice.ServiceNotInstalled, match="^virsh not installed \\(needed for libvirt_uri\\)$"):
+        localservice.check_libvirt("qemu:///system", 5)
+    virsh = bin_dir / "virsh"
+    virsh.write_text("#!/bin/sh\necho 'error: failed to connect to the hypervisor' >&2\nexit 1\n")
+    virsh.chmod(0o755)
+    with pytest.raises(localservice.ServiceControlError, match="^libvirt at qemu:///system not answering: error: "
+                                                               "failed to connect to the hypervisor$"):
+        localservice.check_libvirt("qemu:///system", 5)
+    virsh.write_text("#!/bin/sh\nexec /bin/sleep 5\n")
+    with pytest.raises(localservice.ServiceControlError, match="^libvirt at qemu:///system did not answer within"):
+        localservice.check_libvirt("qemu:///system", 0.2)
+    virsh.write_text("#!/bin/sh\necho 'Using library: libvirt 9.0.0'\n")
+    localservice.check_libvirt("qemu:///system", 5)
 
 
 def test_systemd_backend_uses_systemctl_verbs():
@@ -145,6 +185,53 @@ def test_a_cache_that_cannot_be_written_costs_a_recheck_not_the_monitor(tmp_path
     assert watchdog.read_cache(str(path)).reason == "since \\x1b[2J\\nnever"   # made one printable line
     with pytest.raises(TypeError):
         watchdog.write_cache(str(path), checked_at=1.0, healthy=True, reason="r", colour="red")      # a bug
+
+
+class Log:
+    def __init__(self):
+        self.warnings = []
+
+    def warning(self, msg, *args):
+        self.warnings.append(msg % args)
+
+
+def test_a_heartbeat_check_asks_nova_once_and_caches_the_verdict(tmp_path):
+    path = str(tmp_path / "c.json")
+    log = Log()
+    cache = watchdog.check_heartbeat(path, "compute1", lambda: [svc(state="down", updated="T1"), svc("compute2")],
+                                     log, now=lambda: 50.0)
+    assert not cache.healthy and cache.host == "compute1" and cache.reason.endswith("no heartbeat since T1: stuck")
+    assert watchdog.read_cache(path) == cache and log.warnings == [cache.reason]
+    assert watchdog.check_heartbeat(path, "compute1", lambda: [svc()], log, now=lambda: 60.0) == \
+        watchdog.Cache(checked_at=60.0, healthy=True, reason="compute1: heartbeat fresh", host="compute1")
+    assert len(log.warnings) == 1                                   # a healthy verdict is not warned about
+
+
+def test_nova_unreachable_is_an_unchecked_healthy_verdict_cached_like_any_other(tmp_path):
+    from crashup_lib.nova import NovaUnavailable
+    path = str(tmp_path / "c.json")
+    log = Log()
+
+    def computes():
+        raise NovaUnavailable("services", None, "cannot connect to http://nova:8774: refused")
+    cache = watchdog.check_heartbeat(path, "compute1", computes, log, unreachable=NovaUnavailable, now=lambda: 7.0)
+    assert cache.healthy and cache.reason == "unchecked: nova services: cannot connect to http://nova:8774: refused"
+    assert watchdog.read_cache(path) == cache and cache.host == "compute1" and cache.checked_at == 7.0
+    assert log.warnings == ["heartbeat of compute1 not checked: nova services: cannot connect to http://nova:8774: "
+                            "refused"]
+    with pytest.raises(NovaUnavailable):                            # only what the caller names is "unreachable"
+        watchdog.check_heartbeat(path, "compute1", computes, log)
+
+
+def test_an_unreadable_configuration_is_an_unchecked_verdict_without_a_host(tmp_path):
+    path = str(tmp_path / "c.json")
+    log = Log()
+    cache = watchdog.unchecked(path, "config: mode = 'sometimes'", log, now=lambda: 3.0)
+    assert cache == watchdog.read_cache(path) == watchdog.Cache(3.0, True, "unchecked: config: mode = 'sometimes'")
+    assert log.warnings == ["heartbeat not checked: config: mode = 'sometimes'"]
+    watchdog.forget(path)
+    watchdog.forget(path)                                           # already gone: no failure
+    assert watchdog.read_cache(path) is watchdog.NO_CACHE
 
 
 # --- rejoin ---------------------------------------------------------------------------------------------------------

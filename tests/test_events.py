@@ -17,8 +17,11 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from crashup_lib.recovery import events, journal
+from crashup_lib import events
+from crashup_lib.events import contract, journal
 
 try:
     import jsonschema
@@ -120,44 +123,188 @@ def test_ids_are_unique_uuid4():
     assert all(len(i) == 36 and i[14] == "4" for i in ids)
 
 
-def test_schema_documents_every_type_and_agrees_with_the_python_checks(validator):
+def test_the_type_names_are_the_schemas_and_every_field_is_documented():
     schema = events.load_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["properties"]["type"]["enum"] == list(events.TYPES)
-    branches = {b["if"]["properties"]["type"]["const"]: b["then"]["properties"]["payload"]["$ref"]
-                for b in schema["allOf"]}
-    assert set(branches) == set(events.TYPES)
+    assert [b["if"]["properties"]["type"]["const"] for b in schema["allOf"]] == list(events.TYPES)
+    assert events.SPECVERSION == schema["properties"]["specversion"]["const"] == "1"
 
-    def compare(where, spec, definition):
-        assert definition.get("description"), f"{where}: no description in the schema"
-        if isinstance(spec, dict):
-            assert definition["required"] == list(spec), where
-            assert definition["additionalProperties"] is False, where
-            for key, sub in spec.items():
-                compare(f"{where}.{key}", sub, definition["properties"][key])
-        elif isinstance(spec, list):
-            assert definition["type"] == "array", where
-            assert definition.get("minItems", 0) == (spec[1] if len(spec) > 1 else 0), where
-            if isinstance(spec[0], dict):
-                compare(f"{where}[]", spec[0], definition["items"])
-        elif isinstance(spec, tuple):
-            assert definition.get("enum", [definition.get("const")]) == list(spec), where
-        elif spec == "time":
-            assert definition["$ref"] == "#/$defs/rfc3339", where
-        else:
-            expected = {"str": "string", "text": "string", "action": "string", "str?": ["string", "null"],
-                        "int": "integer", "num": "number"}[spec]
-            assert definition["type"] == expected, where
-            if spec == "str":
-                assert definition["minLength"] == 1, where
-            if spec == "text":
-                assert "minLength" not in definition, where
-            if spec in ("int", "num"):
-                assert definition["minimum"] == 0, where
+    def documented(where, node):
+        for key, sub in node.get("properties", {}).items():
+            assert sub.get("description"), f"{where}.{key}: no description in the schema"
+            documented(f"{where}.{key}", sub)
+        if isinstance(node.get("items"), dict):
+            documented(f"{where}[]", node["items"])
+    documented("event", schema)
+    for name, definition in schema["$defs"].items():
+        assert definition.get("description"), name
+        documented(name, definition)
 
-    for type_, ref in branches.items():
-        definition = schema["$defs"][ref.rsplit("/", 1)[1]]
-        compare(type_, events.PAYLOADS[type_], definition)
+
+# --- the run-time check is the schema: the same verdicts as jsonschema --------------------------------------------
+
+def _changed(event, path, value):
+    """A deep copy of event with the value at path (keys and list indexes) set to value, or deleted (DELETE)."""
+    event = json.loads(json.dumps(event))
+    *parents, last = path
+    node = event
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return event
+
+
+def _at(event, path):
+    for key in path:
+        event = event[key]
+    return event
+
+
+def _runtime_says(event) -> bool:
+    try:
+        events.check_event(event)
+    except events.EventError as e:
+        assert "\n" not in str(e) and str(e).startswith("event")
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def strict():
+    """jsonschema, with the one reading the run-time check makes stricter on purpose: an integer is not 1.0."""
+    if jsonschema is None:
+        pytest.skip("jsonschema is not installed (pip install -c constraints.txt -e .[test])")
+    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
+    cls = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)
+    return cls(events.load_schema())
+
+
+AGREE = [                                            # (type, path in the event, value): each one invalid
+    ("crashup.host.failed", ("specversion",), "2"),
+    ("crashup.host.failed", ("id",), "not-a-uuid"),
+    ("crashup.host.failed", ("id",), UUID1.upper()),
+    ("crashup.host.failed", ("time",), "2025-01-31T09:15:02Z"),
+    ("crashup.host.failed", ("time",), "2025-01-31T09:15:02.123+00:00"),
+    ("crashup.host.failed", ("type",), "crashup.host.exploded"),
+    ("crashup.host.failed", ("type",), "crashup.host.recovered"),          # a type with another's payload
+    ("crashup.host.failed", ("source",), "crashup@two words"),
+    ("crashup.host.failed", ("source",), "nova@c1"),
+    ("crashup.host.failed", ("subject",), ""),
+    ("crashup.host.failed", ("extra",), 1),
+    ("crashup.host.failed", ("payload",), DELETE),
+    ("crashup.host.failed", ("payload",), []),
+    ("crashup.host.failed", ("payload", "fenced_at"), "2025-01-31 09:15:00Z"),
+    ("crashup.host.failed", ("payload", "fenced_at"), 1738314900),
+    ("crashup.host.failed", ("payload", "mode"), None),
+    ("crashup.host.failed", ("payload", "instances"), {}),
+    ("crashup.host.failed", ("payload", "instances", 0, "task_state"), 0),
+    ("crashup.host.failed", ("payload", "instances", 1, "status"), ""),
+    ("crashup.host.failed", ("payload", "instances", 0, "spare"), "x"),
+    ("crashup.host.failed", ("payload", "repairs", 0, "action"), "reset_active"),
+    ("crashup.host.failed", ("payload", "repairs", 0, "action"), "-reset"),
+    ("crashup.host.failed", ("payload", "repairs", 1, "from_task_state"), DELETE),
+    ("crashup.host.recovered", ("payload", "duration_s"), -0.5),
+    ("crashup.host.recovered", ("payload", "evacuated"), 1.5),
+    ("crashup.host.recovered", ("payload", "failed"), False),
+    ("crashup.host.storm", ("payload", "hosts"), []),
+    ("crashup.host.storm", ("payload", "hosts", 0), ""),
+    ("crashup.host.storm", ("payload", "hosts", 1), None),
+    ("crashup.host.storm", ("payload", "limit"), "2"),
+    ("crashup.host.storm", ("payload", "action"), "Evacuation stopped"),
+    ("crashup.host.fencing_unconfirmed", ("payload", "node"), ""),
+    ("crashup.instance.evacuated", ("payload", "power_state"), None),
+    ("crashup.instance.evacuation_failed", ("payload", "attempts"), -1),
+    ("crashup.instance.repaired", ("payload", "from_vm_state"), DELETE),
+    ("crashup.resource.orphaned", ("payload", "service"), "keystone"),
+    ("crashup.resource.stale_recovered", ("payload", "resource_type"), ""),
+    ("crashup.resource.stale_unrecoverable", ("payload", "action"), "Reset"),
+]
+
+
+@pytest.mark.parametrize("type_, path, value", AGREE)
+def test_the_runtime_check_and_the_schema_refuse_the_same_events(type_, path, value, strict, validator):
+    good = sample(type_)
+    assert _runtime_says(good) and strict.is_valid(good) and validator.is_valid(good)
+    bad = _changed(good, path, value)
+    assert not strict.is_valid(bad) and not validator.is_valid(bad)
+    assert not _runtime_says(bad)
+    if path[0] == "payload" and len(path) > 1 and not strict.is_valid(bad):
+        with pytest.raises(events.EventError):
+            events.check_payload(type_, bad["payload"])
+
+
+JSON_LEAVES = (st.none() | st.booleans() | st.integers(-2, 2**40)
+               | st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer())
+               | st.text(st.characters(max_codepoint=0x7e, blacklist_characters="\n"), max_size=8)
+               | st.sampled_from(["", "auto", "notify", "nova", "cinder", "evacuation stopped", "reset-state", "x",
+                                  "2025-01-31T09:15:02.123Z", "2025-01-31T09:15:02+02:00", UUID1, "crashup@c1",
+                                  *SAMPLES]))
+JSON_VALUES = st.recursive(JSON_LEAVES, lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.sampled_from(["id", "name", "host", "action", "x"]), inner,
+                                             max_size=3), max_leaves=4)
+
+
+def _like(value):
+    """Values of the same JSON type as value (so that some changed events stay valid)."""
+    if isinstance(value, str):
+        return JSON_LEAVES.filter(lambda v: isinstance(v, str))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return st.integers(-1, 100) | st.floats(-1, 100).filter(lambda f: not f.is_integer())
+    if isinstance(value, list):
+        return st.lists(st.sampled_from(value), max_size=3) if value else st.just([])
+    return st.just(value)
+
+
+def _paths(value, path=()):
+    """Every place in a JSON value a change can go: each key and index, and a new key in each object."""
+    if isinstance(value, dict):
+        yield path + ("new key",)
+        for key, sub in value.items():
+            yield path + (key,)
+            yield from _paths(sub, path + (key,))
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            yield path + (i,)
+            yield from _paths(sub, path + (i,))
+
+
+@settings(deadline=None, max_examples=300)
+@given(data=st.data())
+def test_the_runtime_check_and_the_schema_agree_on_generated_changes(data, strict):
+    type_ = data.draw(st.sampled_from(sorted(SAMPLES)))
+    event = sample(type_)
+    for _ in range(data.draw(st.integers(1, 2))):
+        path = data.draw(st.sampled_from(list(_paths(event))))
+        values = JSON_VALUES if path[-1] == "new key" else _like(_at(event, path)) | JSON_VALUES
+        if path[-1] != "new key" and not isinstance(path[-1], int):
+            values |= st.just(DELETE)
+        event = _changed(event, path, data.draw(values))
+    assert _runtime_says(event) == strict.is_valid(event), event
+
+
+def test_the_runtime_check_is_stricter_only_on_purpose(strict):
+    """Where Python's reading of a pattern is wider than JSON Schema's (ECMA-262: a final $ is the end of the
+    string, \\d is 0-9), and an integer field given 1.0 (valid JSON Schema, a bug in crashup)."""
+    plain = jsonschema.Draft202012Validator(events.load_schema())
+    stricter = [("crashup.host.failed", ("payload", "repairs", 0, "action"), "skip\n"),
+                ("crashup.host.failed", ("time",), "2025-01-31T09:15:02.123Z\n"),
+                ("crashup.host.failed", ("payload", "fenced_at"), "\u0662025-01-31T09:15:00.042Z"),
+                ("crashup.host.recovered", ("payload", "evacuated"), 7.0)]
+    for type_, path, value in stricter:
+        event = _changed(sample(type_), path, value)
+        assert not _runtime_says(event) and plain.is_valid(event), (path, value)
+
+
+def test_a_schema_keyword_the_checker_does_not_know_stops_it():
+    with pytest.raises(events.SchemaError, match="keyword maxLength not supported"):
+        contract._Compiler({}).compile({"type": "string", "maxLength": 3})
+    with pytest.raises(events.SchemaError, match="only references inside the schema"):
+        contract._Compiler({}).compile({"$ref": "https://example.org/other.json"})
 
 
 @pytest.mark.parametrize("type_, change, message", [
@@ -233,7 +380,7 @@ def test_times_and_power_states_are_normalised_and_the_payload_is_a_copy(validat
 
 def test_the_library_needs_no_jsonschema_at_run_time():
     code = ("import sys; sys.modules['jsonschema'] = None\n"
-            "from crashup_lib.recovery import events\n"
+            "from crashup_lib import events\n"
             "e = events.make_event('crashup.host.fencing_unconfirmed', 'c1', "
             "{'host': 'c1', 'node': 'c1', 'reason': 'r'})\n"
             "assert events.load_schema()['$id'] == 'urn:crashup:events:1'\n"
@@ -569,7 +716,8 @@ def test_command_hook_receives_the_json_on_stdin(tmp_path, validator):
         import json, os, sys
         data = sys.stdin.buffer.read()
         json.dump({"stdin": data.decode(), "type": os.environ["CRASHUP_EVENT_TYPE"],
-                   "id": os.environ["CRASHUP_EVENT_ID"], "argv": sys.argv[1:]}, open(sys.argv[1], "w"))
+                   "id": os.environ["CRASHUP_EVENT_ID"], "subject": os.environ["CRASHUP_EVENT_SUBJECT"],
+                   "cwd": os.getcwd(), "path": os.environ.get("PATH"), "argv": sys.argv[1:]}, open(sys.argv[1], "w"))
         """)
     event = sample()
     sink = events.CommandSink(shlex.join([str(script), str(out)]) + " --flag")
@@ -577,7 +725,8 @@ def test_command_hook_receives_the_json_on_stdin(tmp_path, validator):
     got = json.loads(out.read_text())
     assert got["stdin"].encode() == events.to_json(event)
     validator.validate(json.loads(got["stdin"]))
-    assert got["type"] == "crashup.host.failed" and got["id"] == event["id"]
+    assert got["type"] == "crashup.host.failed" and got["id"] == event["id"] and got["subject"] == "compute1"
+    assert got["cwd"] == "/" and got["path"] == os.environ.get("PATH")               # crashup's environment, and /
     assert got["argv"] == [str(out), "--flag"]                       # split like a shell would, run without one
     assert events.CommandSink([str(script), str(out)]).send(event) is True
 

@@ -1,12 +1,14 @@
 """The OCF framework, through a real agent process, checked by Pacemaker's and pcs's own validators."""
+import json
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 from lxml import etree
 
-from tests.helpers import TEST_AGENTS, agent_env, run
+from tests.helpers import REPO, TEST_AGENTS, agent_env, run
 
 DUMMY = TEST_AGENTS / "ocf_dummy"
 OCF_11_RNG = "/usr/share/pcs/data/ocf-1.1.rng"
@@ -129,3 +131,51 @@ def test_startup_is_lean(tmp_path, action):
     if action == "monitor":
         heavy.add("lxml")
     assert not {m.split(".")[0] for m in modules} & heavy
+
+
+# What the shipped agents' everyday actions may load of crashup_lib: every monitor on every node pays for each module.
+# The start paths (the CIB, nova, crashup.conf, host names) load the rest when they need it.
+LEAN = {"crashup_lib", "crashup_lib.ocf", "crashup_lib.log", "crashup_lib.deadline", "crashup_lib.words",
+        "crashup_lib.proc"}
+LEAN_BY_AGENT = {"nova-compute": LEAN | {"crashup_lib.localservice", "crashup_lib.watchdog", "crashup_lib.files"},
+                 "crashup": LEAN | {"crashup_lib.presence"}}
+HEAVY = {"openstack", "novaclient", "keystoneauth1", "pyghmi", "requests", "lxml", "yaml", "sqlalchemy"}
+
+
+@pytest.fixture
+def idle_nova_compute(tmp_path):
+    """nova-compute running (a flag file), its heartbeat verdict fresh in the cache: a monitor asks nova nothing."""
+    flag = tmp_path / "running"
+    flag.touch()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "nova-compute-compute1.json").write_text(json.dumps(
+        {"host": "compute1", "checked_at": time.time(), "healthy": True, "reason": "compute1: heartbeat fresh"}))
+    return agent_env(OCF_RESKEY_backend="command", OCF_RESKEY_start_command=f"touch {flag}",
+                     OCF_RESKEY_stop_command=f"rm -f {flag}", OCF_RESKEY_status_command=f"test -e {flag}",
+                     OCF_RESKEY_state_dir=str(tmp_path / "state"), OCF_RESKEY_config=str(tmp_path / "none.conf"),
+                     OCF_RESKEY_heartbeat_cache="3600", OCF_RESKEY_CRM_meta_on_node="compute1",
+                     OCF_RESKEY_CRM_meta_interval="10000")
+
+
+@pytest.fixture
+def idle_crashup(tmp_path):
+    """A recovery daemon as the agent sees it: a live process that looks like `crashup_lib.cli daemon`, its pid
+    file, a fresh heartbeat."""
+    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "crashup_lib.cli", "daemon"])
+    (tmp_path / "daemon.pid").write_text(f"{daemon.pid}\n")
+    (tmp_path / "heartbeat").touch()
+    yield agent_env(OCF_RESKEY_state_dir=str(tmp_path), OCF_RESKEY_config=str(tmp_path / "none.conf"),
+                    OCF_RESKEY_CRM_meta_interval="10000")
+    daemon.kill()
+    daemon.wait()
+
+
+@pytest.mark.parametrize("agent, action", [("nova-compute", "monitor"), ("nova-compute", "stop"),
+                                           ("crashup", "monitor")])
+def test_shipped_agents_idle_actions_load_only_lean_modules(request, agent, action):
+    env = request.getfixturevalue("idle_nova_compute" if agent == "nova-compute" else "idle_crashup")
+    result, modules = _imported_modules([REPO / "agents" / agent, action], env)
+    assert result.returncode == 0, result.stderr
+    ours = {m for m in modules if m.split(".")[0] == "crashup_lib"}
+    assert ours <= LEAN_BY_AGENT[agent], sorted(ours - LEAN_BY_AGENT[agent])
+    assert not {m.split(".")[0] for m in modules} & HEAVY

@@ -1,28 +1,30 @@
-"""The pure planner: which instances, in what order, to where (crashup_lib/recovery/plan.py)."""
+"""The pure planner: which instances, in what order, to where (crashup_lib/plan.py)."""
 import dataclasses
 import json
 import random
 
 import pytest
 
-from crashup_lib import config
-from crashup_lib.recovery import plan as P
+from crashup_lib import config, nova
+from crashup_lib.recovery import pipeline
+from crashup_lib import plan as P
+from tests.fakes import FakeNova, server
 
 HOST = "compute-1"
 
 
-def srv(sid, name=None, *, status="ACTIVE", vm_state=None, task_state=None, host=HOST, metadata=None, tags=(),
-        extra_specs=None, image=None, project="p1"):
-    """A server as nova's API shows it (admin view, microversion >= 2.47)."""
-    vm = vm_state or {"ACTIVE": "active", "SHUTOFF": "stopped", "ERROR": "error"}.get(status, status.lower())
-    return {"id": sid, "name": name or sid, "status": status, "OS-EXT-STS:vm_state": vm,
-            "OS-EXT-STS:task_state": task_state, "OS-EXT-STS:power_state": 1 if status == "ACTIVE" else 4,
-            "OS-EXT-SRV-ATTR:host": host, "tenant_id": project, "metadata": metadata or {}, "tags": list(tags),
-            "flavor": {"original_name": "m1", "extra_specs": extra_specs or {}}, "image": image or ""}
+def srv(sid, name=None, *, extra_specs=None, project="p1", host=HOST, **fields):
+    """A server as nova.Nova returns it (admin view)."""
+    return server(sid, name=name or sid, host=host, project_id=project,
+                  flavor={"original_name": "m1", "extra_specs": extra_specs or {}}, **fields)
 
 
 def svc(host, state="up", status="enabled", forced_down=False, binary="nova-compute"):
-    return {"host": host, "binary": binary, "state": state, "status": status, "forced_down": forced_down}
+    return nova.Service(f"svc-{host}", host, binary, state, status, forced_down, None, None)
+
+
+def agg(name, metadata, hosts=(HOST,)):
+    return nova.Aggregate(id=len(name), name=name, hosts=tuple(hosts), metadata=metadata)
 
 
 HOSTS = [svc(HOST, state="down", forced_down=True), svc("compute-2"), svc("compute-3"),
@@ -30,7 +32,7 @@ HOSTS = [svc(HOST, state="down", forced_down=True), svc("compute-2"), svc("compu
 
 
 def plan(instances, **kw):
-    kw.setdefault("hosts", HOSTS)
+    kw.setdefault("services", HOSTS)
     return P.build_plan(HOST, instances, **kw)
 
 
@@ -61,8 +63,7 @@ def test_untagged_host_evacuates_everything():
      "flavor extra spec aggregate_instance_extra_specs:evacuable=true"),
     (dict(extra_specs={"trait:CUSTOM_EVACUABLE": "required"}), "flavor extra spec trait:CUSTOM_EVACUABLE=required"),
     (dict(extra_specs={"trait:evacuable": "true"}), "flavor extra spec trait:evacuable=true"),
-    (dict(image={"id": "img", "properties": {"evacuable": "1"}}), "image property evacuable=1"),
-    (dict(image={"id": "img", "tags": ["evacuable"]}), "image tag evacuable"),
+    (dict(image_properties={"evacuable": "1"}), "image property evacuable=1"),
 ])
 def test_each_tag_source_marks_an_instance_and_others_are_left(tagged, source):
     p = plan([srv("tagged", **tagged), srv("plain")])
@@ -86,7 +87,7 @@ def test_things_that_do_not_tag(untagged):
 
 
 def test_aggregate_tag_makes_every_instance_of_the_host_evacuable():
-    aggs = [{"name": "plain", "metadata": {"ssd": "true"}}, {"name": "ha", "metadata": {"evacuable": "true"}}]
+    aggs = [agg("plain", {"ssd": "true"}), agg("ha", {"evacuable": "true"}), agg("other", {"evacuable": "no"})]
     p = plan([srv("a"), srv("b", extra_specs={"evacuable": "true"})], aggregates=aggs)
     assert p.filter_mode == "tagged"
     assert ids(p.steps) == ["a", "b"]
@@ -95,8 +96,13 @@ def test_aggregate_tag_makes_every_instance_of_the_host_evacuable():
 
 
 def test_false_aggregate_tag_does_not_count():
-    p = plan([srv("a")], aggregates=[{"name": "x", "metadata": {"evacuable": "false"}}])
+    p = plan([srv("a")], aggregates=[agg("x", {"evacuable": "false"})])
     assert p.filter_mode == "all" and ids(p.steps) == ["a"]
+
+
+def test_only_the_failed_host_s_aggregates_count():
+    p = plan([srv("a")], aggregates=[agg("ha", {"evacuable": "true"}, hosts=("compute-2",))])
+    assert p.filter_mode == "all" and "aggregate" not in p.step("a").reason
 
 
 def test_metadata_false_opts_out_even_when_all_are_evacuable_and_over_other_tags():
@@ -105,7 +111,7 @@ def test_metadata_false_opts_out_even_when_all_are_evacuable_and_over_other_tags
     assert codes(p) == {"out": "opted_out"}
     assert "evacuable=False" in p.skipped[0].reason
     p = plan([srv("t", tags=["evacuable"]), srv("out", metadata={"evacuable": "no"}, extra_specs={"evacuable": "1"})],
-             aggregates=[{"name": "ha", "metadata": {"evacuable": "yes"}}])
+             aggregates=[agg("ha", {"evacuable": "yes"})])
     assert ids(p.steps) == ["t"] and codes(p) == {"out": "opted_out"}
 
 
@@ -147,11 +153,6 @@ def test_error_instances_are_evacuated_unless_skip_error():
     assert ids(p.steps) == ["ok"] and codes(p) == {"e": "error"}
 
 
-def test_status_alone_is_enough():
-    p = plan([{"id": "x", "name": "x", "status": "SOFT_DELETED"}, {"id": "y", "name": "y", "status": "SHUTOFF"}])
-    assert codes(p) == {"x": "deleting"} and p.step("y").state == "stopped"
-
-
 def test_an_instance_with_no_host_known_is_taken_as_on_the_failed_host():
     p = plan([srv("x", host=None)])
     assert ids(p.steps) == ["x"]
@@ -165,13 +166,13 @@ def test_a_half_evacuated_host_plans_only_the_remaining_ones():
     first = plan(servers, policy=P.Policy(reserved_hosts=("compute-2",)))
     assert len(first.steps) == 6 and codes(first) == {"untagged": "not_tagged"}
     moved = {s.server_id for s in first.waves[0].steps}
-    resumed_input = [dict(s, **{"OS-EXT-SRV-ATTR:host": "compute-2"}) if s["id"] in moved else s for s in servers]
+    resumed_input = [dataclasses.replace(s, host="compute-2") if s.id in moved else s for s in servers]
     resumed = plan(resumed_input, policy=P.Policy(reserved_hosts=("compute-2",)))
     assert set(ids(resumed.steps)) == {s.server_id for s in first.steps} - moved
     assert {k for k, v in codes(resumed).items() if v == "already_moved"} == moved
     assert ids(resumed.steps) == [i for i in ids(first.steps) if i not in moved]     # same order
     assert resumed.filter_mode == "tagged" and codes(resumed)["untagged"] == "not_tagged"
-    assert P.build_plan(HOST, resumed_input, hosts=HOSTS, policy=P.Policy(reserved_hosts=("compute-2",))) == resumed
+    assert P.build_plan(HOST, resumed_input, services=HOSTS, policy=P.Policy(reserved_hosts=("compute-2",))) == resumed
 
 
 def test_resuming_when_all_tagged_ones_left_keeps_the_first_filter_mode():
@@ -324,10 +325,10 @@ def test_no_usable_reserved_host_leaves_it_to_the_scheduler():
 def test_services_of_other_binaries_do_not_count_as_compute_hosts():
     hosts = [svc("ctl", binary="nova-conductor"), svc("compute-2")]
     with pytest.raises(P.PlanError, match="not a known compute host"):
-        plan([srv("a")], hosts=hosts, policy=P.Policy(target_host="ctl"))
+        plan([srv("a")], services=hosts, policy=P.Policy(target_host="ctl"))
     hosts = [svc("both", binary="nova-scheduler"), svc("both", state="down")]
     with pytest.raises(P.PlanError, match="down"):
-        plan([srv("a")], hosts=hosts, policy=P.Policy(target_host="both"))
+        plan([srv("a")], services=hosts, policy=P.Policy(target_host="both"))
 
 
 # --- impossible input --------------------------------------------------------------------------------------------
@@ -335,50 +336,36 @@ def test_services_of_other_binaries_do_not_count_as_compute_hosts():
 def test_impossible_input_is_a_plan_error():
     with pytest.raises(P.PlanError, match="listed twice"):
         plan([srv("a"), srv("a")])
-    with pytest.raises(P.PlanError, match="without an id"):
-        plan([{"name": "x"}])
     with pytest.raises(P.PlanError, match="microversion"):
         plan([srv("a")], microversion="two")
     with pytest.raises(P.PlanError, match="filter_mode"):
         plan([srv("a")], filter_mode="some")
     with pytest.raises(P.PlanError, match="no failed host"):
         P.build_plan("", [])
-    with pytest.raises(P.PlanError, match="cannot read an instance"):
-        plan([42])
 
 
-# --- inputs in other shapes --------------------------------------------------------------------------------------
+# --- from nova -------------------------------------------------------------------------------------------------
 
-def test_dataclasses_plain_keys_and_to_dict_objects():
-    @dataclasses.dataclass
-    class Server:                          # crashup_lib.nova.Server's shape
-        id: str
-        name: str
-        status: str
-        task_state: str | None
-        vm_state: str | None
-        power_state: int | None
-        host: str | None
-        flavor: dict
-        metadata: dict
-        tags: tuple
-        project_id: str | None
-        image_properties: dict
+def test_plan_for_host_plans_from_nova_s_own_records():
+    fake = FakeNova([srv("a", status="SHUTOFF"), srv("b", metadata={"crashup:priority": "2"})],
+                    hosts=(HOST, "compute-2"), aggregates=[agg("ha", {"evacuable": "true"}, hosts=(HOST,))])
+    cfg = config.load(path=None, env={}, overrides={"reserved_hosts": "compute-2", "keep_power_state": "no"})
+    p = pipeline.plan_for_host(fake, HOST, cfg)
+    assert ids(p.steps) == ["b", "a"] and p.filter_mode == "tagged" and p.microversion == nova.EVACUATE_STOPPED
+    assert [s.target for s in p.steps] == ["compute-2", "compute-2"]
+    p = pipeline.plan_for_host(fake, HOST, config.load(path=None, env={}), target_host="compute-2")
+    assert p.microversion == nova.EVACUATE_KEEP_POWER
 
-    class SdkServer:                       # openstacksdk resources have to_dict()
-        def to_dict(self):
-            return {"id": "c", "name": "c", "status": "ACTIVE", "vm_state": "active", "compute_host": HOST,
-                    "flavor": {"extra_specs": {}}, "metadata": {}, "tags": [], "project_id": "p"}
 
-    a = Server("a", "a", "ACTIVE", None, "active", 1, HOST, {"extra_specs": {"evacuable": "true"}}, {}, (), None, {})
-    b = P.Instance(id="b", name="b", status="SHUTOFF", host=HOST, image_properties={"evacuable": "true"})
-    p = plan([dataclasses.asdict(a), b, SdkServer()],
-             aggregates=[P.Aggregate("x", {})], hosts=[P.HostState("compute-2")],
-             policy=P.Policy(target_host="compute-2"))
-    assert ids(p.steps) == ["a", "b"] and codes(p) == {"c": "not_tagged"}
-    assert p.step("a").project_id == "" and p.step("b").state == "stopped"
-    p = plan([a, SdkServer()])                               # a dataclass instance directly
-    assert ids(p.steps) == ["a"]
+@pytest.mark.parametrize("microversion, stopped", [
+    (None, True), ("latest", True), ("2.95", True), ("2.100", True), ("3.0", True), ("2.94", False),
+    ("2.14", False), (" 2.95 ", True)])
+def test_nova_says_which_microversions_leave_evacuated_servers_stopped(microversion, stopped):
+    assert nova.evacuate_leaves_stopped(microversion) is stopped
+    assert nova.evacuate_leaves_stopped(nova.evacuate_microversion(True)) is False
+    assert nova.evacuate_leaves_stopped(nova.evacuate_microversion(False)) is True
+    with pytest.raises(ValueError, match="'X.Y' or 'latest'"):
+        nova.evacuate_leaves_stopped("two")
 
 
 def test_policy_from_config():
@@ -458,5 +445,5 @@ def test_rule_tables_are_data():
     assert [code for code, _, _ in P.SKIP_RULES] == ["already_moved", "deleting", "shelved", "in_progress", "error",
                                                      "opted_out", "not_tagged"]
     assert [name for name, _ in P.TAG_SOURCES] == ["server metadata", "server tag", "flavor extra spec",
-                                                   "image property", "image tag"]
+                                                   "image property"]
     assert set(P.AFTER.values()) <= set(P.AFTER_ACTIONS)

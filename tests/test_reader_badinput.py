@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crashup_lib import clouds, config, log, nova, watchdog
-from crashup_lib.recovery import events, journal
+from crashup_lib import clouds, config, events, log, nova, watchdog
+from crashup_lib.events import journal
 from tests.helpers import REPO, agent_env
 
 PROPERTY = settings(deadline=None, max_examples=250, suppress_health_check=[HealthCheck.function_scoped_fixture])

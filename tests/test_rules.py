@@ -10,7 +10,7 @@ import types
 import pytest
 
 from crashup_lib import rules as R
-from crashup_lib.recovery import repair
+from crashup_lib import repair
 from crashup_lib.rules import docs, tables
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -220,7 +220,7 @@ def test_module_prints_the_markdown_and_checks():
 
 
 def expected_host_recovery(vm_state, task):
-    """Host recovery's policy, stated independently of the tables (recovery/repair.py's docstring)."""
+    """Host recovery's policy, stated independently of the tables (repair.py's docstring)."""
     if task in ("deleting", "soft-deleting", "restoring"):
         return "skip"
     if not task and (vm_state in ("active", "stopped", "error", "deleted", "soft-delete", "shelved",

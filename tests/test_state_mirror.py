@@ -1,5 +1,6 @@
 """The recovery request's state mirror (crashup-recovery-state), which the nova-compute clone's location rule reads:
 written in the order that errs on the safe side, and put right by the daemon when a writer stopped halfway."""
+import dataclasses
 import json
 
 import pytest
@@ -68,3 +69,18 @@ def test_the_daemon_puts_a_mirror_right_only_when_the_lag_lasts(cib):
     assert cib.writes() == []
     daemon.tick()                                     # the same lag again: the writer stopped halfway
     assert cib.writes() == [["crashup-recovery-state", "done"]]
+
+
+def test_fencing_again_lifts_the_hold_as_the_previous_fence_agent_does(cib, tmp_path):
+    """A node fenced again while its recovery is held (storm guard, notify hand-off) gets a fresh look from the
+    pipeline: what the previous version did (its note, which was its hold, changed), and still does mid-upgrade."""
+    import re
+    held = dataclasses.replace(req("recovering"), note="storm guard: automatic evacuation stopped",
+                               hold=pacemaker.Hold.STORM)
+    cib.attributes("compute1", **{"crashup-recovery": held.to_value().replace("'", "&apos;"),
+                                  "crashup-recovery-state": "recovering"})
+    recorded = pacemaker.record_failure("compute1", "auto")
+    assert (recorded.state, recorded.hold, recorded.note) == ("recovering", pacemaker.Hold.NONE,
+                                                              "fenced again while recovering")
+    written = re.search(r"--update (\{.*\}) --lifetime", (tmp_path / "calls").read_text()).group(1)
+    assert json.loads(written)["hold"] == "none" and json.loads(written)["note"] == "fenced again while recovering"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.stale_helpers import Rows, add_instance, nova_cell_pristine, sweep_daemon
+from tests.sweep_helpers import Rows, add_instance, nova_cell_pristine, sweep_daemon
 
 __all__ = ["nova_cell_pristine"]
 PASSWORD = "Cl3ar-Text-Pw"

@@ -11,8 +11,9 @@ import pathlib
 import signal
 import threading
 
-from crashup_lib import log, pacemaker
+from crashup_lib import events, log, nova, pacemaker
 from crashup_lib.presence import RECOVERY, Presence
+from crashup_lib.recovery.pipeline import Recovery
 
 LOG = log.get("daemon")
 WATCH_INTERVAL = 0.5
@@ -21,8 +22,10 @@ FENCING_POLL = 0.25
 
 
 class Daemon:
-    def __init__(self, cfg, *, state_dir: str, nova_factory=None, emitter=None):
+    def __init__(self, cfg, *, state_dir: str, cluster: pacemaker.Cluster | None = None, nova_factory=None,
+                 emitter=None):
         self.cfg = cfg
+        self.cluster = cluster or pacemaker.Cluster()
         self.state_dir = pathlib.Path(state_dir)
         self.heartbeat = self.state_dir / RECOVERY[1]
         self.stop_event = threading.Event()
@@ -40,13 +43,10 @@ class Daemon:
 
     def _make_recovery(self):
         if self._recovery is None:
-            from crashup_lib.recovery import events
-            from crashup_lib.recovery.pipeline import Recovery
             if self._nova_factory is None:
-                from crashup_lib import nova
                 self._nova_factory = lambda: nova.Nova.from_config(self.cfg)
             emitter = self._emitter or events.Emitter.from_config(self.cfg)
-            self._recovery = Recovery(self.cfg, self._nova_factory(), emitter)
+            self._recovery = Recovery(self.cfg, self.cluster, self._nova_factory(), emitter)
         return self._recovery
 
     def run(self) -> None:
@@ -64,12 +64,12 @@ class Daemon:
         LOG.info("recovery daemon stopped")
 
     def tick(self) -> None:
-        found, lagging = pacemaker.survey()
+        found, lagging = self.cluster.survey()
         # a lag seen twice in a row is a writer that stopped between its two writes, not one still writing
         for req in lagging:
             if req in self.lagging:
                 LOG.info("%s: state mirror set to %s (a writer stopped between its two writes)", req.node, req.state)
-                pacemaker.write_state_mirror(req)
+                self.cluster.write_state_mirror(req)
         self.lagging = set(lagging)
         for node, req in found.items():
             worker = self.workers.get(node)
@@ -83,14 +83,14 @@ class Daemon:
         """Run the node's pipeline until its request is closed; errors are retried, never dropped."""
         while not self.stop_event.is_set():
             try:
-                req = pacemaker.request(node)
+                req = self.cluster.request(node)
                 if req is None or not req.open:
                     return
-                step = self.recovery().recover(req)
-                LOG.info("%s", step.summary)
-                if not step.request.open:
+                progress = self.recovery().recover(req)
+                LOG.info("%s", progress.summary)
+                if not progress.request.open:
                     return
-                if step.request.state == "pending":          # fencing about to be confirmed: look again soon
+                if progress.request.state == "pending":      # fencing about to be confirmed: look again soon
                     self.stop_event.wait(FENCING_POLL)
                     continue
             except Exception as e:                 # nova down, CIB busy: the request stays, we try again

@@ -14,23 +14,36 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import datetime
+import enum
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from crashup_lib import log
+from crashup_lib import nova as nova_api
+
+if TYPE_CHECKING:
+    from crashup_lib.plan import EvacuationStep
 
 LOG = log.get("evacuate")
 FINAL_MIGRATION = {"done", "completed", "failed", "error", "cancelled"}
 FAILED_MIGRATION = {"failed", "error", "cancelled"}
 ATTEMPTS = 3
-DELETED = "deleted by its owner during the recovery"
+DELETED_REASON = "deleted by its owner during the recovery"
+
+
+class Result(enum.Enum):
+    """How one instance's evacuation ended."""
+    EVACUATED = "evacuated"          # on a new host, in its final power state
+    DELETED = "deleted"              # nova no longer knows it (its owner deleted it meanwhile): nothing to recover
+    FAILED = "failed"                # given up: see Outcome.reason
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     server_id: str
     name: str
-    result: str                      # evacuated | already_moved | deleted | failed
+    result: Result
     target_host: str | None
     duration_s: float
     attempts: int
@@ -40,7 +53,7 @@ class Outcome:
 
 @dataclasses.dataclass
 class _Track:
-    step: object
+    step: EvacuationStep
     started: float
     attempts: int = 0
     target: str | None = None
@@ -55,7 +68,6 @@ def _in_flight(migrations, server_id: str, source: str, since: float) -> bool:
 def _ts(value) -> float:
     if isinstance(value, (int, float)):
         return float(value)
-    import datetime
     try:
         parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
@@ -87,7 +99,6 @@ class Evacuator:
 
     # --- one wave ------------------------------------------------------------------------------------------------
     def _run_wave(self, steps) -> list[Outcome]:
-        from crashup_lib import nova as nova_api
         done: list[Outcome] = []
         tracks: dict[str, _Track] = {}
         migrations = self.nova.migrations(source_compute=self.source, migration_type="evacuation")
@@ -103,10 +114,10 @@ class Evacuator:
                 to_start.append(track)
         issuing = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max(1, self.concurrency)) as pool:
-            for track, error in zip(to_start, pool.map(self._evacuate, to_start)):
-                if error is not None:
-                    result = "deleted" if error == DELETED else "failed"
-                    done.append(self._finish(track, result, None, error))
+            for track, ended in zip(to_start, pool.map(self._evacuate, to_start)):
+                if ended is not None:
+                    result, reason = ended
+                    done.append(self._finish(track, result, None, reason))
                     tracks.pop(track.step.server_id, None)
         LOG.info("%d evacuate calls issued in %.2fs (%d at a time)", len(to_start), time.monotonic() - issuing,
                  self.concurrency)
@@ -130,10 +141,10 @@ class Evacuator:
                     del tracks[server_id]
         return done
 
-    def _evacuate(self, track: _Track) -> str | None:
-        """Ask nova to evacuate; retried without a target host on 409/5xx. Returns None or why it gave up."""
-        from crashup_lib import nova as nova_api
-        target = getattr(track.step, "target", None)
+    def _evacuate(self, track: _Track) -> tuple[Result, str] | None:
+        """Ask nova to evacuate; retried without a target host on 409/5xx. None when nova accepted it, else how it
+        ended (DELETED or FAILED) and why."""
+        target = track.step.target
         last = ""
         while track.attempts < ATTEMPTS:
             track.attempts += 1
@@ -142,27 +153,26 @@ class Evacuator:
                 track.target = target
                 return None
             except nova_api.NovaNotFound:
-                return DELETED
+                return Result.DELETED, DELETED_REASON
             except (nova_api.NovaConflict, nova_api.NovaUnavailable) as e:
                 last = str(e)
                 LOG.warning("%s: evacuate attempt %d failed: %s", track.step.name, track.attempts, e)
                 target = None                      # let the scheduler choose next time
                 time.sleep(min(2.0, 0.5 * track.attempts))
             except nova_api.NovaError as e:
-                return str(e)
-        return f"gave up after {track.attempts} attempts: {last}"
+                return Result.FAILED, str(e)
+        return Result.FAILED, f"gave up after {track.attempts} attempts: {last}"
 
     def _follow(self, track: _Track, migration) -> Outcome | None:
-        from crashup_lib import nova as nova_api
         step = track.step
         if time.monotonic() - track.started > self.instance_timeout:
-            return self._finish(track, "failed", None, f"not finished within {self.instance_timeout:g}s")
+            return self._finish(track, Result.FAILED, None, f"not finished within {self.instance_timeout:g}s")
         if migration is None or migration.status not in FINAL_MIGRATION:
             return None
         try:
             server = self.nova.server(step.server_id)
         except nova_api.NovaNotFound:
-            return self._finish(track, "deleted", None, DELETED)
+            return self._finish(track, Result.DELETED, None, DELETED_REASON)
         except nova_api.NovaError as e:
             LOG.warning("%s: reading the server failed: %s", step.name, e)
             return None
@@ -170,15 +180,16 @@ class Evacuator:
             if track.attempts < ATTEMPTS and server.host == self.source:
                 LOG.warning("%s: evacuation %s (%s); evacuating again without a target", step.name,
                             migration.status, server.status)
-                error = self._evacuate(track)
-                if error is None:
+                ended = self._evacuate(track)
+                if ended is None:
                     return None
-                return self._finish(track, "deleted" if error == DELETED else "failed", None, error)
-            return self._finish(track, "failed", server.host, f"evacuation {migration.status}, server "
-                                                               f"{server.status}")
+                result, reason = ended
+                return self._finish(track, result, None, reason)
+            return self._finish(track, Result.FAILED, server.host, f"evacuation {migration.status}, server "
+                                                                   f"{server.status}")
         if server.host == self.source or server.task_state:
             return None                            # nova still finishing the rebuild
-        after = getattr(step, "after", "none")
+        after = step.after
         if (after, server.status) in (("start", "SHUTOFF"), ("stop", "ACTIVE")):
             # nova left it in the other power state than it had: put it back (keep_power_state)
             if not track.after_sent:
@@ -186,18 +197,18 @@ class Evacuator:
                     (self.nova.start if after == "start" else self.nova.stop)(step.server_id)
                     track.after_sent = True
                 except nova_api.NovaError as e:
-                    return self._finish(track, "failed", server.host, f"evacuated but {after} failed: {e}")
+                    return self._finish(track, Result.FAILED, server.host, f"evacuated but {after} failed: {e}")
             return None
         if server.status in ("ACTIVE", "SHUTOFF"):
-            return self._finish(track, "evacuated", server.host, "", server.power_state)
+            return self._finish(track, Result.EVACUATED, server.host, "", server.power_state)
         return None
 
-    def _finish(self, track: _Track, result: str, host: str | None, reason: str,
+    def _finish(self, track: _Track, result: Result, host: str | None, reason: str,
                 power_state: int | None = None) -> Outcome:
         outcome = Outcome(track.step.server_id, track.step.name, result, host,
                           round(time.monotonic() - track.started, 2), track.attempts, reason, power_state)
-        (LOG.info if result != "failed" else LOG.warning)("%s: %s%s%s", outcome.name, result,
-                                                           f" to {host}" if host else "",
-                                                           f" ({reason})" if reason else "")
+        (LOG.info if result is not Result.FAILED else LOG.warning)("%s: %s%s%s", outcome.name, result.value,
+                                                                   f" to {host}" if host else "",
+                                                                   f" ({reason})" if reason else "")
         self.on_outcome(outcome)
         return outcome

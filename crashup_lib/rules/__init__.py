@@ -2,7 +2,7 @@
 
 Plain data and pure functions, no I/O. The sweep's scanners look for `stuck_states()`, the Health Collector reports
 one reality per resource, `decide()` gives the outcome and the fixers carry it out; host recovery
-(recovery/repair.py) reads the nova rows with the reality `host_down`. Callers write `from crashup_lib import
+(repair.py) reads the nova rows with the reality `host_down`. Callers write `from crashup_lib import
 rules` and `rules.decide(...)`, `rules.RUNNING`: the names below are the package's interface.
 
 - model.py: the realities, the outcomes (Reset, CasUpdate, Error, Skip, Keep, Report, ByVmState), Kind and Rule.

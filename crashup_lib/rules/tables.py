@@ -2,7 +2,7 @@
 reality) -> outcome.
 
 Pure functions, no I/O. The sweep's scanners look for `stuck_states()`, the Health Collector reports one reality
-per resource, `decide()` gives the outcome and the fixers carry it out; host recovery (recovery/repair.py) reads
+per resource, `decide()` gives the outcome and the fixers carry it out; host recovery (repair.py) reads
 the nova rows with the reality `host_down`. `check()` keeps the tables consistent.
 """
 from __future__ import annotations

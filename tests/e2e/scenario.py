@@ -4,7 +4,7 @@ import contextlib
 import subprocess
 import time
 
-from crashup_lib.recovery import events
+from crashup_lib import events
 from tests.lab.nova_env import IMAGE_ID
 
 

@@ -331,4 +331,4 @@ def test_from_config(box, tmp_path, monkeypatch):
     cfg = config.load(str(conf), env={"CRASHUP_CLOUD": "nosuchcloud"})
     with pytest.raises(NovaError) as e:
         Nova.from_config(cfg)
-    assert str(e.value).startswith("nova config cloud 'nosuchcloud': cannot load it from clouds.yaml:")
+    assert str(e.value).startswith(f"nova config cloud 'nosuchcloud': cannot load it from {clouds}:")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from crashup_lib.recovery import events
+from crashup_lib import events
 from tests.e2e.scenario import (_epoch, boot, daemon_stopped, delete_servers, evacuations, journal, set_daemon,
                                 wait_request)
 from tests.lab import pacemaker

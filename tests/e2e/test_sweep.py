@@ -14,9 +14,10 @@ import sys
 import pytest
 
 from crashup_lib import config, health, nova
-from crashup_lib.recovery import events
-from crashup_lib.stale import fix, service
-from crashup_lib.stale.scan import cutoff
+from crashup_lib import events
+from crashup_lib.sweep import fix, wiring
+from crashup_lib.sweep.scan import cutoff
+from crashup_lib.sweep.sweep import sweep_once
 from tests.e2e.scenario import boot, delete_servers, journal
 from tests.lab import pacemaker, topology
 from tests.lab.hypervisor import FakeHypervisorBackend
@@ -43,9 +44,9 @@ def sweep_config(lab, **extra):
 def sweep(lab, cfg, routes, *, dry_run=False):
     said = []
     emitter = None if dry_run else events.Emitter.from_config(cfg)
-    result = service.sweep_once(service.sweepers_from_config(cfg), health.Collector.from_config(cfg, routes),
-                                emitter, stale_period=cfg.recovery_stale_period, dry_run=dry_run,
-                                say=said.append)
+    result = sweep_once(wiring.sweepers_from_config(cfg), health.Collector.from_config(cfg, routes),
+                        emitter, stale_period=cfg.recovery_stale_period, dry_run=dry_run,
+                        say=said.append)
     return result, said
 
 
@@ -126,7 +127,7 @@ def test_dry_run_changes_nothing_and_a_racing_update_is_never_overwritten(lab):
     assert {sid: row(sid) for sid in ids} == before
 
     # nova moves the rows on between the sweep's read and its write: neither the API reset nor the CAS lands
-    sweeper = service.sweepers_from_config(cfg)[0][1]()
+    sweeper = wiring.sweepers_from_config(cfg)[0][1]()
     stuck = {s.id: s for s in sweeper.scan(cutoff(STALE_PERIOD, datetime.datetime.utcnow()))}
     racing = ago(1)
     for sid in ids:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from crashup_lib import health
 from crashup_lib.rules import ABSENT, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKNOWN
 
-# the box names the fake driver's nova.compute.power_state per guest; read as nova reads libvirt's (health.py)
+# the box names the fake driver's nova.compute.power_state per guest; read as nova reads libvirt's (health/realities.py)
 POWER_REALITIES = {"running": RUNNING, "paused": PAUSED, "shutdown": SHUT_OFF, "crashed": SHUT_OFF,
                    "suspended": SUSPENDED}
 

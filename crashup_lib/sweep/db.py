@@ -19,7 +19,7 @@ import datetime as _dt
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
-from crashup_lib.log import redact, register_secret, shown
+from crashup_lib.log import error_line, register_secret, shown
 
 DRIVERS = {"sqlite": "sqlite", "sqlite+pysqlite": "sqlite", "mysql": "mysql+pymysql", "mysql+pymysql": "mysql+pymysql"}
 
@@ -43,10 +43,7 @@ def _sa():
 
 def _line(error: BaseException) -> str:
     """The driver's own message when there is one (SQLAlchemy's str() adds the SQL and a link), on one line."""
-    inner = getattr(error, "orig", None) or error
-    text = " ".join(str(inner).split()) or type(inner).__name__
-    text = redact(text)
-    return text if len(text) <= 300 else text[:297] + "..."
+    return error_line(getattr(error, "orig", None) or error)
 
 
 class Database:

@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 from crashup_lib import rules
 from crashup_lib.health import Resource
-from crashup_lib.stale.db import Database, update, utcnow
-from crashup_lib.stale.scan import Stuck, stale_clause
+from crashup_lib.sweep.db import Database, update, utcnow
+from crashup_lib.sweep.scan import Stuck, stale_clause
 
 TABLES = {"port": ("ports", ("id", "status", "device_id", "device_owner", "standard_attr_id")),
           "router": ("routers", ("id", "status", "standard_attr_id"))}

@@ -13,8 +13,8 @@ from typing import Any, Mapping, Sequence
 
 from crashup_lib import rules
 from crashup_lib.health import Resource
-from crashup_lib.stale.db import Database
-from crashup_lib.stale.scan import Stuck, stale_clause
+from crashup_lib.sweep.db import Database
+from crashup_lib.sweep.scan import Stuck, stale_clause
 
 COLUMNS = ("id", "uuid", "host", "node", "vm_state", "task_state", "power_state", "updated_at", "created_at",
            "deleted")
@@ -75,7 +75,7 @@ class NovaSweeper:
     def cas(self, stuck: Stuck, values: Mapping[str, Any]) -> bool:
         return stuck.db.cas_update(self._table(stuck), {"uuid": stuck.id, "deleted": 0}, stuck.expect, values)
 
-    # ------------------------------------------------------------------ what the orphan pass reads (stale/orphans.py)
+    # ------------------------------------------------------------------ what the orphan pass reads (sweep/orphans.py)
     def hosts(self) -> set[str]:
         """The hosts of the non-deleted instances of every cell."""
         return self._hosts_of("instances", PLACEMENT_COLUMNS)

@@ -1,25 +1,25 @@
 """Reading an events journal back: read(path) for what is there, follow(path) for what comes; listing(event) for a
 terminal.
 
-A journal is written by crashup (events.JournalSink), but it is a file on disk: a writer that died mid-line, a disk
+A journal is written by crashup (sinks.JournalSink), but it is a file on disk: a writer that died mid-line, a disk
 error, an operator's editor or a tool that appends its own lines may leave anything in it. So a reader takes only
 lines that are events (below) and skips the rest, counts them and says so in one warning; it never stops on a line
 and never holds a line longer than MAX_LINE in memory. listing() is what a terminal may be shown of an event.
 
 An event, for a reader: one line of strict UTF-8 JSON (no NaN or Infinity), an object whose envelope fields have the
 types events.schema.json gives them: specversion, id, type, source and subject non-empty strings, time an RFC 3339
-UTC time as events.rfc3339() writes it, payload an object. The payload's content and the type's name are not
+UTC time as contract.rfc3339() writes it (the schema's pattern), payload an object. The rest of the contract is not
 judged: a journal written by a newer crashup (fields and types are only ever added) is still listed.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from typing import Any, Iterable, Iterator, Mapping
 
 from crashup_lib import files, log
+from crashup_lib.events.contract import is_event_time
 
 MAX_LINE = 1 << 20          # a "line" longer than this is garbage, not an event: skipped, never read whole
 CHUNK = 1 << 16             # bytes read at a time
@@ -28,7 +28,6 @@ WARN_EVERY = 60.0           # seconds: follow() says it skipped lines at most th
 _log = log.get("events")
 
 _TEXT_FIELDS = ("specversion", "id", "type", "source", "subject")
-_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", re.ASCII)   # ASCII: \d is 0-9 only
 FIELD_WIDTH = 1000          # characters of one field in a listing line
 
 
@@ -42,7 +41,7 @@ def is_event(value: Any) -> bool:
     """Does this decoded JSON value carry the envelope of an event (see the module's docstring)?"""
     return (isinstance(value, dict)
             and all(isinstance(value.get(key), str) and value[key] for key in _TEXT_FIELDS)
-            and isinstance(value.get("time"), str) and _TIME.fullmatch(value["time"]) is not None
+            and isinstance(value.get("time"), str) and is_event_time(value["time"])
             and isinstance(value.get("payload"), dict))
 
 

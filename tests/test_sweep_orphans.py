@@ -11,11 +11,12 @@ import pytest
 
 from crashup_lib import health
 from crashup_lib.health import Guest, StoredFile
-from crashup_lib.stale import orphans, service
-from crashup_lib.stale.db import Database
-from crashup_lib.stale.glance import GlanceSweeper
-from crashup_lib.stale.nova import NovaSweeper
-from tests.stale_helpers import (FRESH, NOW, OLD, STALE, FakeCollector, Journal, Rows, add_instance,
+from crashup_lib.sweep import orphans
+from crashup_lib.sweep.db import Database
+from crashup_lib.sweep.glance import GlanceSweeper
+from crashup_lib.sweep.nova import NovaSweeper
+from crashup_lib.sweep.sweep import sweep_once
+from tests.sweep_helpers import (FRESH, NOW, OLD, STALE, FakeCollector, Journal, Rows, add_instance,
                                  nova_cell_pristine, nova_cells, service_schema, validator, sweep_daemon)
 
 __all__ = ["nova_cell_pristine", "nova_cells"]         # fixtures used by name
@@ -146,8 +147,8 @@ def dump(rows, table):
 
 
 def sweep(sweepers, finders, emitter=None, **kw):
-    return service.sweep_once(sweepers, FakeCollector(), emitter, stale_period=STALE, now=NOW, finders=finders,
-                              **kw)
+    return sweep_once(sweepers, FakeCollector(), emitter, stale_period=STALE, now=NOW, finders=finders,
+                      **kw)
 
 
 def test_list_guests_on_the_test_driver(nova_env):
@@ -315,6 +316,6 @@ def test_the_daemon_reports_an_orphan_once_across_rounds(tmp_path):
     text = sweep_daemon(tmp_path, conf, "1 orphan")
     assert "1 orphan (1 reported before)" in text and "Traceback" not in text
     assert text.count("sweep: orphan: glance image") == 1
-    from crashup_lib.recovery import events
+    from crashup_lib import events
     assert [e["subject"] for e in events.read(str(journal))] == [orphan]
     assert (store / orphan).exists()

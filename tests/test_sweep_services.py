@@ -5,13 +5,14 @@ import uuid
 import pytest
 
 from crashup_lib.health import Collector, GlanceFileBackend
-from crashup_lib.stale import fix, service
-from crashup_lib.stale.cinder import CinderSweeper
-from crashup_lib.stale.db import Database
-from crashup_lib.stale.glance import GlanceSweeper
-from crashup_lib.stale.neutron import NeutronSweeper
-from crashup_lib.stale.scan import cutoff
-from tests.stale_helpers import (FRESH, NOW, OLD, STALE, FakeCinder, FakeCollector, Journal, Rows, make_neutron,
+from crashup_lib.sweep import fix
+from crashup_lib.sweep.cinder import CinderSweeper
+from crashup_lib.sweep.db import Database
+from crashup_lib.sweep.glance import GlanceSweeper
+from crashup_lib.sweep.neutron import NeutronSweeper
+from crashup_lib.sweep.scan import cutoff
+from crashup_lib.sweep.sweep import sweep_once
+from tests.sweep_helpers import (FRESH, NOW, OLD, STALE, FakeCinder, FakeCollector, Journal, Rows, make_neutron,
                                  service_schema, validator)
 
 
@@ -86,8 +87,8 @@ def test_cinder_outcomes_through_os_reset_status_or_the_database(cinder, tmp_pat
     collector = FakeCollector({attaching: "absent", uploading_attached: "running", uploading_alone: "shut_off",
                                deleting_backup: "running", creating_backup: "absent"})
 
-    result = service.sweep_once([("cinder", lambda: sweeper)], collector, journal.emitter, stale_period=STALE,
-                                now=NOW)
+    result = sweep_once([("cinder", lambda: sweeper)], collector, journal.emitter, stale_period=STALE,
+                        now=NOW)
 
     assert result.ok and result.counts == {"reset": 3, "cas-update": 1, "error": 1}
     assert sorted(api.calls, key=str) == sorted([
@@ -167,8 +168,8 @@ def test_glance_outcomes_are_compare_and_swap_writes_checked_on_the_store(glance
     (store / queued).write_bytes(b"data")
     collector = Collector({"glance": [GlanceFileBackend([str(store)], staging_dir=str(staging))]}, resync_count=0)
 
-    result = service.sweep_once([("glance", lambda: sweeper)], collector, journal.emitter, stale_period=STALE,
-                                now=NOW)
+    result = sweep_once([("glance", lambda: sweeper)], collector, journal.emitter, stale_period=STALE,
+                        now=NOW)
 
     assert result.ok and result.counts == {"error": 1, "cas-update": 2, "report": 1}
     assert rows.get("images", id=saving)["status"] == "killed"
@@ -242,9 +243,9 @@ def test_neutron_ports_and_routers_by_compare_and_swap_with_their_standard_attri
     assert set(found) == {build, allocating} and {fresh, active}.isdisjoint(found)
     assert found[build][0].host == "cmp1"                       # the ACTIVE binding, not the migration target
 
-    result = service.sweep_once([("neutron", lambda: sweeper)],
-                                FakeCollector({build: "running", allocating: "absent"}), stale_period=STALE,
-                                now=NOW)
+    result = sweep_once([("neutron", lambda: sweeper)],
+                        FakeCollector({build: "running", allocating: "absent"}), stale_period=STALE,
+                        now=NOW)
 
     assert result.counts == {"cas-update": 1, "error": 1}
     assert rows.get("ports", id=build)["status"] == "ACTIVE"

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from crashup_lib.stale import db
-from crashup_lib.stale.db import Database, DbError
+from crashup_lib.sweep import db
+from crashup_lib.sweep.db import Database, DbError
 
 PASSWORD = "Sup3r-S3cret-pw"
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Protocol, Sequence
 
-from crashup_lib import log, rules
-from crashup_lib.stale.scan import Stuck
+from crashup_lib import events, log, rules
+from crashup_lib.sweep.scan import Stuck
 
 API, DB = "api", "db"
 CHANGED, LOST_RACE, LEFT, REPORTED = "changed", "lost-race", "left", "reported"
-RECOVERED, UNRECOVERABLE, ORPHANED = ("crashup.resource.stale_recovered", "crashup.resource.stale_unrecoverable",
-                                      "crashup.resource.orphaned")
+RECOVERED, UNRECOVERABLE, ORPHANED = (events.RESOURCE_STALE_RECOVERED, events.RESOURCE_STALE_UNRECOVERABLE,
+                                      events.RESOURCE_ORPHANED)
 #: the events' resource_type: the API's word for what the rules' kind is about
 RESOURCE_TYPES = {"instance": "server", "instance_vm_state": "server", "volume_migration": "volume"}
 

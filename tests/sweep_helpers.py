@@ -188,7 +188,7 @@ class Journal:
     """An Emitter writing a journal in a temporary directory; .events() reads them back."""
 
     def __init__(self, path: pathlib.Path):
-        from crashup_lib.recovery import events
+        from crashup_lib import events
         self.path, self._events = path, events
         self.emitter = events.Emitter([events.JournalSink(str(path))])
 
@@ -198,7 +198,7 @@ class Journal:
 
 def validator():
     jsonschema = pytest.importorskip("jsonschema")
-    from crashup_lib.recovery import events
+    from crashup_lib import events
     return jsonschema.Draft202012Validator(events.load_schema(),
                                            format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 

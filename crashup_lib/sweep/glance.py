@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 from crashup_lib import rules
 from crashup_lib.health import Resource
-from crashup_lib.stale.db import Database, utcnow
-from crashup_lib.stale.scan import Stuck, stale_clause
+from crashup_lib.sweep.db import Database, utcnow
+from crashup_lib.sweep.scan import Stuck, stale_clause
 
 IMAGE_COLUMNS = ("id", "status", "size", "checksum", "os_hash_algo", "os_hash_value", "updated_at", "created_at",
                  "deleted", "deleted_at")
@@ -75,7 +75,7 @@ class GlanceSweeper:
         return self.db.cas_update(self._images(), {"id": stuck.id}, stuck.expect, values, now=now)
 
     def image_rows(self, ids) -> dict[str, dict[str, Any]]:
-        """id -> its image row, deleted ones too (the orphan pass, stale/orphans.py)."""
+        """id -> its image row, deleted ones too (the orphan pass, sweep/orphans.py)."""
         import sqlalchemy as sa
         t = self._images()
         ids = sorted(set(ids))

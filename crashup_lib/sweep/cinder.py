@@ -13,9 +13,8 @@ from typing import Any, Mapping
 
 from crashup_lib import rules
 from crashup_lib.health import Resource
-from crashup_lib.log import redact
-from crashup_lib.stale.db import Database
-from crashup_lib.stale.scan import Stuck, stale_clause
+from crashup_lib.sweep.db import Database
+from crashup_lib.sweep.scan import Stuck, stale_clause
 
 VOLUME_COLUMNS = ("id", "status", "attach_status", "migration_status", "host", "updated_at", "created_at",
                   "deleted")
@@ -23,51 +22,6 @@ ATTACHMENT_COLUMNS = ("volume_id", "instance_uuid", "attached_host", "attach_sta
 BACKUP_COLUMNS = ("id", "volume_id", "status", "host", "updated_at", "created_at", "deleted")
 #: the columns of a volume every change must still find as read, whichever kind it was found stuck as
 VOLUME_GUARD = ("status", "attach_status", "migration_status", "updated_at")
-
-
-class CinderError(Exception):
-    """A failed block-storage API call, one line: 'cinder <call> <id>: HTTP <status>: <cinder's message>'."""
-
-    def __init__(self, call: str, target: str, detail: str, status: int | None = None):
-        self.status = status
-        super().__init__(redact(" ".join(f"cinder {call} {target}: {detail}".split())))
-
-
-class CinderApi:
-    """os-reset_status over a keystoneauth1 session (the admin-only action; cinder's error body gives the line)."""
-
-    def __init__(self, session, *, interface: str | None = "internal", region_name: str | None = None,
-                 timeout: float = 30.0, endpoint_override: str | None = None):
-        from keystoneauth1 import adapter
-        self._api = adapter.Adapter(session, service_type="block-storage", interface=interface or None,
-                                    region_name=region_name or None, endpoint_override=endpoint_override or None,
-                                    connect_retries=0, status_code_retries=0)
-        self.timeout = float(timeout)
-
-    @classmethod
-    def from_config(cls, cfg) -> "CinderApi":
-        from crashup_lib.nova import cloud_session
-        session, region = cloud_session(cfg, lambda why: CinderError("config", f"cloud {cfg.cloud!r}", why))
-        return cls(session, interface=region.get_interface("block-storage") or cfg.interface,
-                   region_name=region.get_region_name("block-storage") or cfg.region_name or None,
-                   timeout=cfg.api_timeout)
-
-    def reset_status(self, kind: str, resource_id: str, values: Mapping[str, Any]) -> None:
-        """POST /{volumes|backups}/{id}/action {"os-reset_status": values}."""
-        from keystoneauth1 import exceptions as ks_exc
-        from crashup_lib.nova import _nova_message, _short_cause
-        path = {"volume": "volumes", "volume_migration": "volumes", "backup": "backups"}[kind]
-        call = "reset_status"
-        try:
-            resp = self._api.post(f"/{path}/{resource_id}/action", json={"os-reset_status": dict(values)},
-                                  raise_exc=False, timeout=self.timeout)
-        except ks_exc.ConnectTimeout:
-            raise CinderError(call, resource_id, f"no answer within {self.timeout:g}s") from None
-        except ks_exc.ClientException as e:
-            raise CinderError(call, resource_id, f"{type(e).__name__}: {_short_cause(e)}") from None
-        if resp.status_code >= 400:
-            raise CinderError(call, resource_id, f"HTTP {resp.status_code}: {_nova_message(resp)}",
-                              resp.status_code)
 
 
 class CinderSweeper:

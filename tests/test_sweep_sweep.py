@@ -11,11 +11,12 @@ import pytest
 from crashup_lib import rules
 from crashup_lib.health import Collector, Observation, StaticBackend
 from crashup_lib.nova import NovaUnavailable
-from crashup_lib.stale import fix, service
-from crashup_lib.stale.db import Database, DbError
-from crashup_lib.stale.nova import NovaSweeper
-from crashup_lib.stale.scan import cutoff
-from tests.stale_helpers import (FRESH, NOW, OLD, STALE, FakeCollector, FakeNova, Journal, Rows, add_instance,
+from crashup_lib.sweep import daemon, fix
+from crashup_lib.sweep.db import Database, DbError
+from crashup_lib.sweep.nova import NovaSweeper
+from crashup_lib.sweep.scan import cutoff
+from crashup_lib.sweep.sweep import sweep_once
+from tests.sweep_helpers import (FRESH, NOW, OLD, STALE, FakeCollector, FakeNova, Journal, Rows, add_instance,
                                  nova_cell_pristine, nova_cells, validator)
 
 __all__ = ["nova_cell_pristine", "nova_cells"]         # fixtures used by name
@@ -48,7 +49,7 @@ def scan(sweeper):
 
 
 def sweep(sweeper, collector, emitter=None, **kw):
-    return service.sweep_once([("nova", lambda: sweeper)], collector, emitter, stale_period=STALE, now=NOW, **kw)
+    return sweep_once([("nova", lambda: sweeper)], collector, emitter, stale_period=STALE, now=NOW, **kw)
 
 
 # ------------------------------------------------------------------------------------------------------------- scan
@@ -266,8 +267,8 @@ def test_a_service_that_fails_is_logged_and_the_next_one_is_swept(nova, cell, lo
 
     def down():
         raise DbError("cinder db: query: (2003, \"Can't connect to MySQL server on '10.0.0.9' (timed out)\")")
-    result = service.sweep_once([("cinder", down), ("nova", lambda: sweeper)], FakeCollector(default="shut_off"),
-                                stale_period=STALE, now=NOW)
+    result = sweep_once([("cinder", down), ("nova", lambda: sweeper)], FakeCollector(default="shut_off"),
+                        stale_period=STALE, now=NOW)
     assert result.failed_services == ["cinder"] and result.counts == {"cas-update": 1}
     assert cell.get("instances", uuid=poweroff)["vm_state"] == "stopped"
     (line,) = [r.getMessage() for r in logs.records if r.levelno >= logging.ERROR]
@@ -308,7 +309,7 @@ def test_the_daemon_loops_until_sigterm_and_survives_a_failing_round(logs):
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        assert service.loop(one_round, 0.01, stop) == 0
+        assert daemon.loop(one_round, 0.01, stop) == 0
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -1,11 +1,11 @@
 """Which instances of a failed compute host to evacuate, in what order, to where: a Plan, as plain data.
 
 Pure: no I/O, no clock, no randomness. The same input gives the same Plan, which is what `crashup plan HOST`
-prints as a dry run and what the evacuator runs. Inputs are plain dicts (nova API or openstacksdk spellings),
-objects with `to_dict()`, or this module's dataclasses; `build_plan` normalises them.
+prints as a dry run and what the evacuator runs. Inputs are nova's own records (crashup_lib.nova's Server,
+Aggregate, Service), as the client returns them.
 
-    plan = build_plan("compute-1", servers, aggregates=aggs, hosts=services, policy=Policy.from_config(cfg),
-                      microversion="2.95")
+    plan = build_plan("compute-1", nova.servers_on_host("compute-1"), aggregates=nova.aggregates(),
+                      services=nova.services(), policy=Policy.from_config(cfg), microversion="2.95")
     print(plan.render())
     for wave in plan.waves:            # waves run one after the other; the steps of a wave may run concurrently
         for step in wave.steps: ...
@@ -25,8 +25,8 @@ The rules, in the order they apply (each is also a table of data below):
 2. Evacuable (TAG_SOURCES): an instance is tagged when, with `<tag>` = Policy.evacuable_tag,
      server metadata `<tag>` is true-ish | server tag `<tag>` | flavor extra spec `<tag>`,
      `aggregate_instance_extra_specs:<tag>`, `trait:<tag>` or `trait:CUSTOM_<TAG>` is true-ish (traits:
-     `required`) | image property `<tag>` is true-ish or image tag `<tag>` | an aggregate of the failed host has
-     metadata `<tag>` true-ish (then all of the host's instances are).
+     `required`) | image property `<tag>` is true-ish | an aggregate of the failed host has metadata `<tag>`
+     true-ish (then all of the host's instances are).
    Filter mode: "tagged" when any instance given or any aggregate is tagged, else "all" (NovaEvacuate's rule:
    untagged clouds evacuate everything). Already-moved instances count too: pass the instances of the host's
    evacuation migrations (their host now elsewhere) and a resumed plan filters exactly as the first one did; or
@@ -37,10 +37,10 @@ The rules, in the order they apply (each is also a table of data below):
    with a leftover task is reset to active first ("reset-active"); every other state or leftover task is reset
    to error ("reset-error"), as Masakari does. Otherwise "none".
 4. After (NOVA_LEAVES, WANTED): with keep_power_state on, the instance ends in the power state it had: "start"
-   when it was ACTIVE and nova leaves it SHUTOFF (microversion >= 2.95), "stop" when it was SHUTOFF and nova
-   leaves it ACTIVE (a stopped instance reset to error, < 2.95); otherwise "none" (also for ERROR and other
-   states, whose wanted power state is unknown, and always when keep_power_state is off). The evacuator passes
-   the microversion it negotiated; None or "latest" means >= 2.95.
+   when it was ACTIVE and nova leaves it SHUTOFF (the microversion is one where nova stops evacuated servers),
+   "stop" when it was SHUTOFF and nova leaves it ACTIVE (a stopped instance reset to error, at an older one);
+   otherwise "none" (also for ERROR and other states, whose wanted power state is unknown, and always when
+   keep_power_state is off). Which microversions stop them is nova.evacuate_leaves_stopped()'s to say.
 5. Priority and waves: server metadata `crashup:priority` (an integer, higher first, default 0; a bad value
    counts as 0 and the step's reason says so). Restart group `crashup:group`: all members of a group share the
    priority of their highest member, so they land in one wave. One wave per priority, highest first; within a
@@ -50,8 +50,8 @@ The rules, in the order they apply (each is also a table of data below):
    round-robin across the steps in plan order (unusable ones are named in Plan.notes); else None: nova's
    scheduler chooses. Never the failed host, never a down or forced-down host.
 
-Impossible input (an instance without id, a duplicate id, a bad microversion, an unusable target host) raises
-PlanError, a ValueError whose message is one line an operator can act on.
+Impossible input (a duplicate instance id, a bad microversion, an unusable target host) raises PlanError, a
+ValueError whose message is one line an operator can act on.
 """
 from __future__ import annotations
 
@@ -59,16 +59,16 @@ import dataclasses
 import re
 from typing import Any, Iterable, Mapping
 
+from crashup_lib import nova
+from crashup_lib import repair
 from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
 
-__all__ = ["PlanError", "Instance", "Aggregate", "HostState", "Policy", "Step", "Skip", "Wave", "Plan",
-           "build_plan", "PRIORITY_KEY", "GROUP_KEY", "SKIP_RULES", "TAG_SOURCES", "AFTER_ACTIONS",
-           "PREPARE_ACTIONS"]
+__all__ = ["PlanError", "Policy", "EvacuationStep", "Skip", "Wave", "Plan", "build_plan", "PRIORITY_KEY",
+           "GROUP_KEY", "SKIP_RULES", "TAG_SOURCES", "AFTER_ACTIONS", "PREPARE_ACTIONS"]
 
 PRIORITY_KEY = "crashup:priority"
 GROUP_KEY = "crashup:group"
 PLAN_VERSION = 1
-STOPS_AFTER_EVACUATE = (2, 95)        # nova >= 2.95 leaves evacuated instances stopped
 AFTER_ACTIONS = ("none", "start", "stop")
 PREPARE_ACTIONS = ("none", "reset-active", "reset-error")
 SCHEDULER = "(scheduler)"             # how render() shows a step without a fixed target
@@ -78,144 +78,16 @@ class PlanError(ValueError):
     """The input cannot make a plan (unknown or unusable target host, duplicate instance ids...)."""
 
 
-# --- inputs --------------------------------------------------------------------------------------------------------
+# --- inputs: nova's records ------------------------------------------------------------------------------------------
 
-# nova's server status -> vm_state, for input that only carries the status
-_STATUS_VM_STATE = {
-    "ACTIVE": "active", "SHUTOFF": "stopped", "ERROR": "error", "PAUSED": "paused", "SUSPENDED": "suspended",
-    "RESCUE": "rescued", "VERIFY_RESIZE": "resized", "BUILD": "building", "SHELVED": "shelved",
-    "SHELVED_OFFLOADED": "shelved_offloaded", "SOFT_DELETED": "soft-delete", "DELETED": "deleted",
-}
+def _extra_specs(server: nova.Server) -> Mapping[str, Any]:
+    return (server.flavor or {}).get("extra_specs") or {}
 
 
-def _first(data: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if key in data and data[key] is not None:
-            return data[key]
-    return default
-
-
-def _as_mapping(obj: Any, what: str) -> Mapping[str, Any]:
-    if isinstance(obj, Mapping):
-        return obj
-    to_dict = getattr(obj, "to_dict", None)
-    if callable(to_dict):
-        return to_dict()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise PlanError(f"cannot read {what} from {type(obj).__name__}: expected a dict or an object with to_dict()")
-
-
-@dataclasses.dataclass(frozen=True)
-class Instance:
-    """One server on the failed host, as far as planning needs it."""
-    id: str
-    name: str = ""
-    status: str = ""                                   # nova's status (ACTIVE, SHUTOFF, ERROR...)
-    vm_state: str = ""                                 # nova's vm_state (active, stopped, error...); from status if ""
-    task_state: str | None = None
-    power_state: int | None = None
-    host: str | None = None                            # where nova has it now; None: not known (taken as the failed host)
-    project_id: str = ""
-    flavor_extra_specs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    tags: tuple[str, ...] = ()
-    image_properties: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    image_tags: tuple[str, ...] = ()
-
-    @property
-    def state(self) -> str:
-        """vm_state, derived from the status when the input had none."""
-        if self.vm_state:
-            return self.vm_state.lower()
-        return _STATUS_VM_STATE.get(self.status.upper(), self.status.lower())
-
-    @classmethod
-    def coerce(cls, obj: Any) -> "Instance":
-        """An Instance from itself, a nova API server dict (OS-EXT-* keys), or an openstacksdk Server/dict."""
-        if isinstance(obj, Instance):
-            return obj
-        data = _as_mapping(obj, "an instance")
-        server_id = _first(data, "id", "uuid")
-        if not server_id:
-            raise PlanError(f"an instance without an id: {dict(data)!r:.120}")
-        flavor = data.get("flavor") or {}
-        extra_specs = _first(data, "flavor_extra_specs", default=None)
-        if extra_specs is None:
-            extra_specs = (flavor.get("extra_specs") if isinstance(flavor, Mapping) else None) or {}
-        image = data.get("image") or {}
-        image_properties = _first(data, "image_properties", default=None)
-        image_tags = _first(data, "image_tags", default=None)
-        if isinstance(image, Mapping):
-            if image_properties is None:
-                image_properties = _first(image, "properties", "metadata", default={})
-            if image_tags is None:
-                image_tags = image.get("tags") or ()
-        power_state = _first(data, "power_state", "OS-EXT-STS:power_state")
-        try:
-            power_state = int(power_state) if power_state is not None else None
-        except (TypeError, ValueError):
-            power_state = None
-        return cls(
-            id=str(server_id),
-            name=str(_first(data, "name", default="")),
-            status=str(_first(data, "status", default="")),
-            vm_state=str(_first(data, "vm_state", "OS-EXT-STS:vm_state", default="")),
-            task_state=_first(data, "task_state", "OS-EXT-STS:task_state"),
-            power_state=power_state,
-            host=_first(data, "host", "compute_host", "OS-EXT-SRV-ATTR:host"),
-            project_id=str(_first(data, "project_id", "tenant_id", default="")),
-            flavor_extra_specs=dict(extra_specs),
-            metadata=dict(data.get("metadata") or {}),
-            tags=tuple(data.get("tags") or ()),
-            image_properties=dict(image_properties or {}),
-            image_tags=tuple(image_tags or ()),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class Aggregate:
-    """A host aggregate the failed host belongs to."""
-    name: str
-    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def coerce(cls, obj: Any) -> "Aggregate":
-        if isinstance(obj, Aggregate):
-            return obj
-        data = _as_mapping(obj, "an aggregate")
-        return cls(name=str(_first(data, "name", "id", default="")), metadata=dict(data.get("metadata") or {}))
-
-
-@dataclasses.dataclass(frozen=True)
-class HostState:
-    """Another compute host and what nova says of its nova-compute service."""
-    name: str
-    up: bool = True
-    enabled: bool = True
-    forced_down: bool = False
-
-    @property
-    def usable(self) -> bool:
-        return self.up and self.enabled and not self.forced_down
-
-    def why_unusable(self) -> str:
-        return ", ".join(w for w, bad in (("down", not self.up), ("forced down", self.forced_down),
-                                          ("disabled", not self.enabled)) if bad)
-
-    @classmethod
-    def coerce(cls, obj: Any) -> "HostState":
-        """A HostState from itself or a nova os-services entry (host, state up/down, status enabled/disabled)."""
-        if isinstance(obj, HostState):
-            return obj
-        data = _as_mapping(obj, "a host")
-        name = _first(data, "name", "host")
-        if not name:
-            raise PlanError(f"a compute host without a name: {dict(data)!r:.120}")
-        up = data["up"] if "up" in data else str(data.get("state", "up")).lower() == "up"
-        enabled = data["enabled"] if "enabled" in data else str(data.get("status", "enabled")).lower() == "enabled"
-        forced = data.get("forced_down", data.get("is_forced_down", False))
-        return cls(name=str(name), up=bool(up), enabled=bool(enabled), forced_down=bool(forced))
+def _why_unusable(service: nova.Service) -> str:
+    """Why a compute host cannot take instances ("down, forced down"...), "" when it can."""
+    return ", ".join(w for w, bad in (("down", service.state != "up"), ("forced down", service.forced_down),
+                                      ("disabled", service.status != "enabled")) if bad)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +115,7 @@ class Policy:
 # --- outputs -------------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class Step:
+class EvacuationStep:
     """Evacuate one server: first `prepare` (a reset-state), then evacuate to `target` (None: the scheduler
     chooses), then `after` once it is on its new host."""
     server_id: str
@@ -278,7 +150,7 @@ class Wave:
     """Steps that may run concurrently (bounded by the evacuator's concurrency); waves run in order."""
     index: int
     priority: int
-    steps: tuple[Step, ...]
+    steps: tuple[EvacuationStep, ...]
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -291,7 +163,7 @@ class Plan:
     filter_mode: str                           # "tagged" or "all"
     evacuable_tag: str
     microversion: str                          # the one the after-actions assume ("latest" when not given)
-    steps: tuple[Step, ...]
+    steps: tuple[EvacuationStep, ...]
     skipped: tuple[Skip, ...]
     waves: tuple[Wave, ...]
     notes: tuple[str, ...] = ()                # plan-wide remarks: unusable reserved hosts, filter mode
@@ -300,7 +172,7 @@ class Plan:
     def empty(self) -> bool:
         return not self.steps
 
-    def step(self, server_id: str) -> Step:
+    def step(self, server_id: str) -> EvacuationStep:
         for step in self.steps:
             if step.server_id == server_id:
                 return step
@@ -362,7 +234,8 @@ EVACUATING_TASKS = ("rebuilding", "rebuild_block_device_mapping", "rebuild_spawn
 @dataclasses.dataclass(frozen=True)
 class _Facts:
     """What the skip rules look at, worked out once per instance."""
-    inst: Instance
+    server: nova.Server
+    state: str                     # its vm_state
     failed_host: str
     tag: str
     skip_error: bool
@@ -373,18 +246,18 @@ class _Facts:
 
 #: (code, predicate, reason) in order; the first match skips the instance
 SKIP_RULES: tuple[tuple[str, Any, Any], ...] = (
-    ("already_moved", lambda f: f.inst.host is not None and f.inst.host != f.failed_host,
-     lambda f: f"already moved: nova has it on {f.inst.host}"),
-    ("deleting", lambda f: f.inst.state in DELETING_VM_STATES or (f.inst.task_state or "") in DELETING_TASKS,
-     lambda f: f"being deleted (vm_state {f.inst.state}, task_state {f.inst.task_state})"),
-    ("shelved", lambda f: f.inst.state in SHELVED_VM_STATES,
-     lambda f: f"{f.inst.state}: not running, nova does not evacuate it (unshelve places it)"),
-    ("in_progress", lambda f: (f.inst.task_state or "") in EVACUATING_TASKS,
-     lambda f: f"evacuation or rebuild already in progress (task_state {f.inst.task_state})"),
-    ("error", lambda f: f.inst.state == "error" and f.skip_error,
+    ("already_moved", lambda f: f.server.host is not None and f.server.host != f.failed_host,
+     lambda f: f"already moved: nova has it on {f.server.host}"),
+    ("deleting", lambda f: f.state in DELETING_VM_STATES or (f.server.task_state or "") in DELETING_TASKS,
+     lambda f: f"being deleted (vm_state {f.state}, task_state {f.server.task_state})"),
+    ("shelved", lambda f: f.state in SHELVED_VM_STATES,
+     lambda f: f"{f.state}: not running, nova does not evacuate it (unshelve places it)"),
+    ("in_progress", lambda f: (f.server.task_state or "") in EVACUATING_TASKS,
+     lambda f: f"evacuation or rebuild already in progress (task_state {f.server.task_state})"),
+    ("error", lambda f: f.state == "error" and f.skip_error,
      lambda f: "in ERROR and skip_error is on"),
     ("opted_out", lambda f: f.opted_out,
-     lambda f: f"opted out: server metadata {f.tag}={f.inst.metadata.get(f.tag)}"),
+     lambda f: f"opted out: server metadata {f.tag}={f.server.metadata.get(f.tag)}"),
     ("not_tagged", lambda f: f.filter_mode == "tagged" and f.tagged_by is None,
      lambda f: "not tagged (tagging is in use on this host)"),
 )
@@ -419,23 +292,22 @@ def _flavor_true(key: str, value: Any) -> bool:
     return _is_true(value) or (key.startswith("trait:") and _word(value) == "required")
 
 
-#: (source name, finder(instance, tag) -> the "key=value" that tags it, or None); first match is the reason
+#: (source name, finder(server, tag) -> the "key=value" that tags it, or None); first match is the reason
 TAG_SOURCES: tuple[tuple[str, Any], ...] = (
-    ("server metadata", lambda i, t: f"{t}={i.metadata[t]}" if t in i.metadata and _is_true(i.metadata[t])
+    ("server metadata", lambda s, t: f"{t}={s.metadata[t]}" if t in s.metadata and _is_true(s.metadata[t])
      else None),
-    ("server tag", lambda i, t: t if t in i.tags else None),
-    ("flavor extra spec", lambda i, t: next((f"{k}={i.flavor_extra_specs[k]}" for k in _flavor_keys(t)
-                                             if k in i.flavor_extra_specs
-                                             and _flavor_true(k, i.flavor_extra_specs[k])), None)),
-    ("image property", lambda i, t: f"{t}={i.image_properties[t]}"
-     if t in i.image_properties and _is_true(i.image_properties[t]) else None),
-    ("image tag", lambda i, t: t if t in i.image_tags else None),
+    ("server tag", lambda s, t: t if t in s.tags else None),
+    ("flavor extra spec", lambda s, t: next((f"{k}={_extra_specs(s)[k]}" for k in _flavor_keys(t)
+                                             if k in _extra_specs(s) and _flavor_true(k, _extra_specs(s)[k])),
+                                            None)),
+    ("image property", lambda s, t: f"{t}={s.image_properties[t]}"
+     if t in s.image_properties and _is_true(s.image_properties[t]) else None),
 )
 
 
-def _tagged_by(inst: Instance, tag: str) -> str | None:
+def _tagged_by(server: nova.Server, tag: str) -> str | None:
     for source, find in TAG_SOURCES:
-        found = find(inst, tag)
+        found = find(server, tag)
         if found:
             return f"{source} {found}"
     return None
@@ -453,30 +325,20 @@ WANTED: dict[str, str] = {"active": "ACTIVE", "stopped": "SHUTOFF"}
 AFTER: dict[tuple[str, str], str] = {("SHUTOFF", "ACTIVE"): "start", ("ACTIVE", "SHUTOFF"): "stop"}
 
 
-def _prepare(inst: Instance) -> tuple[str, str]:
+def _prepare(server: nova.Server, state: str) -> tuple[str, str]:
     """(prepare action, the vm_state nova sees at evacuate time): the pipeline's repair table decides, so the dry
     run shows exactly the resets recovery will make."""
-    from crashup_lib.recovery import repair
-    decision = repair.decide(_RepairView(inst.id, inst.name, inst.state, inst.task_state))
+    decision = repair.decide(server)
     if decision is None or decision.action == "skip":
-        return "none", inst.state
+        return "none", state
     return decision.action, "active" if decision.action == "reset-active" else "error"
 
 
-@dataclasses.dataclass(frozen=True)
-class _RepairView:
-    id: str
-    name: str
-    vm_state: str
-    task_state: str | None
-
-
-def _after(inst: Instance, evacuated_from: str, nova_stops: bool, keep_power_state: bool) -> str:
-    if not keep_power_state:
+def _after(state: str, evacuated_from: str, nova_stops: bool, keep_power_state: bool) -> str:
+    wanted = WANTED.get(state)
+    if not keep_power_state or not wanted:
         return "none"
-    wanted = WANTED.get(inst.state)
-    leaves = NOVA_LEAVES[(evacuated_from, nova_stops)]
-    return AFTER.get((leaves, wanted), "none") if wanted else "none"
+    return AFTER.get((NOVA_LEAVES[(evacuated_from, nova_stops)], wanted), "none")
 
 
 def _parse_priority(value: Any) -> tuple[int, str]:
@@ -491,20 +353,11 @@ def _parse_priority(value: Any) -> tuple[int, str]:
         return 0, f"{PRIORITY_KEY}={value!r} is not an integer: 0 used"
 
 
-def _parse_microversion(microversion: str | None) -> tuple[str, bool]:
-    """(as shown, nova stops evacuated instances)."""
-    if microversion is None or str(microversion).strip().lower() in ("", "latest"):
-        return "latest", True
-    m = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", str(microversion))
-    if not m:
-        raise PlanError(f"microversion {microversion!r} is not 'X.Y' or 'latest'")
-    return f"{m.group(1)}.{m.group(2)}", (int(m.group(1)), int(m.group(2))) >= STOPS_AFTER_EVACUATE
-
-
 # --- the planner ---------------------------------------------------------------------------------------------------
 
-def _targets(failed_host: str, hosts: dict[str, HostState], policy: Policy) -> tuple[tuple[str, ...], list[str]]:
-    """(target hosts to round-robin over, empty for the scheduler; notes)."""
+def _targets(failed_host: str, hosts: dict[str, str], policy: Policy) -> tuple[tuple[str, ...], list[str]]:
+    """(target hosts to round-robin over, empty for the scheduler; notes). `hosts`: compute host -> why it cannot
+    take instances ("" when it can)."""
     notes: list[str] = []
     if policy.target_host:
         target = policy.target_host
@@ -513,8 +366,8 @@ def _targets(failed_host: str, hosts: dict[str, HostState], policy: Policy) -> t
         if target not in hosts:
             known = ", ".join(sorted(hosts)) or "none"
             raise PlanError(f"target host {target} is not a known compute host (known: {known})")
-        if not hosts[target].usable:
-            raise PlanError(f"target host {target} cannot take instances: {hosts[target].why_unusable()}")
+        if hosts[target]:
+            raise PlanError(f"target host {target} cannot take instances: {hosts[target]}")
         return (target,), notes
     usable: list[str] = []
     for name in dict.fromkeys(policy.reserved_hosts):
@@ -522,8 +375,8 @@ def _targets(failed_host: str, hosts: dict[str, HostState], policy: Policy) -> t
             notes.append(f"reserved host {name} is the failed host: not used")
         elif name not in hosts:
             notes.append(f"reserved host {name} is not a known compute host: not used")
-        elif not hosts[name].usable:
-            notes.append(f"reserved host {name} is {hosts[name].why_unusable()}: not used")
+        elif hosts[name]:
+            notes.append(f"reserved host {name} is {hosts[name]}: not used")
         else:
             usable.append(name)
     if policy.reserved_hosts and not usable:
@@ -531,66 +384,66 @@ def _targets(failed_host: str, hosts: dict[str, HostState], policy: Policy) -> t
     return tuple(usable), notes
 
 
-def build_plan(failed_host: str, instances: Iterable[Any], *, aggregates: Iterable[Any] = (),
-               hosts: Iterable[Any] = (), policy: Policy | None = None, microversion: str | None = None,
+def build_plan(failed_host: str, servers: Iterable[nova.Server], *, aggregates: Iterable[nova.Aggregate] = (),
+               services: Iterable[nova.Service] = (), policy: Policy | None = None, microversion: str | None = None,
                filter_mode: str | None = None) -> Plan:
     """Plan the evacuation of `failed_host` (nova's service host name). See the module docstring for the rules.
 
-    instances: the servers nova has on the host (plus, optionally, those already evacuated from it).
-    aggregates: the aggregates the host belongs to. hosts: the compute services (os-services entries of other
-    binaries are ignored; the failed host may be included).
-    microversion: the compute API microversion evacuations will use (None: latest, i.e. >= 2.95).
+    servers: the servers nova has on the host (plus, optionally, those already evacuated from it).
+    aggregates: host aggregates; those the failed host belongs to count. services: the compute services (those of
+    other binaries are ignored; the failed host's may be included).
+    microversion: the compute API microversion evacuations will use (None: the latest).
     filter_mode: "tagged" or "all" to override the automatic choice (e.g. the first plan's, when resuming).
     """
     if not failed_host:
         raise PlanError("no failed host named")
     policy = policy or Policy()
     tag = policy.evacuable_tag
-    shown_mv, nova_stops = _parse_microversion(microversion)
+    try:
+        nova_stops = nova.evacuate_leaves_stopped(microversion)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+    shown_mv = str(microversion or "latest").strip()
     if filter_mode not in (None, "tagged", "all"):
         raise PlanError(f"filter_mode {filter_mode!r} is not 'tagged' or 'all'")
 
-    insts = [Instance.coerce(i) for i in instances]
+    servers = list(servers)
     seen: set[str] = set()
-    for inst in insts:
-        if inst.id in seen:
-            raise PlanError(f"instance {inst.id} is listed twice")
-        seen.add(inst.id)
-    aggs = [Aggregate.coerce(a) for a in aggregates]
-    host_states: dict[str, HostState] = {}
-    for h in hosts:
-        if not isinstance(h, HostState) and _as_mapping(h, "a host").get("binary", "nova-compute") != "nova-compute":
-            continue                   # os-services lists conductors and schedulers too
-        state = HostState.coerce(h)
-        host_states[state.name] = state
+    for server in servers:
+        if server.id in seen:
+            raise PlanError(f"instance {server.id} is listed twice")
+        seen.add(server.id)
+    state = {s.id: (s.vm_state or "").lower() for s in servers}
+    aggs = [a for a in aggregates if failed_host in a.hosts]
+    host_states = {s.host: _why_unusable(s) for s in services if s.binary == "nova-compute"}
 
     targets, notes = _targets(failed_host, host_states, policy)
 
     tagged_aggregates = [a.name for a in aggs if tag in a.metadata and _is_true(a.metadata[tag])]
-    tagged_by = {i.id: _tagged_by(i, tag) for i in insts}
+    tagged_by = {s.id: _tagged_by(s, tag) for s in servers}
     if tagged_aggregates:
-        for inst in insts:
-            if tagged_by[inst.id] is None:
-                tagged_by[inst.id] = f"aggregate {tagged_aggregates[0]} {tag}=true"
+        for server in servers:
+            if tagged_by[server.id] is None:
+                tagged_by[server.id] = f"aggregate {tagged_aggregates[0]} {tag}=true"
     if filter_mode is None:
         filter_mode = "tagged" if any(tagged_by.values()) else "all"
-        if filter_mode == "all" and insts:
+        if filter_mode == "all" and servers:
             notes.insert(0, f"no instance or aggregate of {failed_host} is tagged {tag!r}: all are evacuable")
 
     # 1-2: filter
-    chosen: list[tuple[Instance, str]] = []
+    chosen: list[tuple[nova.Server, str]] = []
     skipped: list[Skip] = []
-    for inst in insts:
-        facts = _Facts(inst=inst, failed_host=failed_host, tag=tag, skip_error=policy.skip_error, filter_mode=filter_mode,
-                       tagged_by=tagged_by[inst.id],
-                       opted_out=tag in inst.metadata and _is_false(inst.metadata[tag]))
+    for server in servers:
+        facts = _Facts(server=server, state=state[server.id], failed_host=failed_host, tag=tag,
+                       skip_error=policy.skip_error, filter_mode=filter_mode, tagged_by=tagged_by[server.id],
+                       opted_out=tag in server.metadata and _is_false(server.metadata[tag]))
         for code, applies, reason in SKIP_RULES:
             if applies(facts):
-                skipped.append(Skip(inst.id, inst.name, code, reason(facts)))
+                skipped.append(Skip(server.id, server.name, code, reason(facts)))
                 break
         else:
             why = f"tagged: {facts.tagged_by}" if facts.tagged_by else "evacuable: nothing on the host is tagged"
-            chosen.append((inst, why))
+            chosen.append((server, why))
 
     # 5: priorities, groups, waves
     own: dict[str, tuple[int, str]] = {i.id: _parse_priority(i.metadata.get(PRIORITY_KEY)) for i, _ in chosen}
@@ -601,7 +454,7 @@ def build_plan(failed_host: str, instances: Iterable[Any], *, aggregates: Iterab
         if group is not None:
             group_priority[group] = max(group_priority.get(group, own[inst.id][0]), own[inst.id][0])
 
-    def effective(inst: Instance) -> int:
+    def effective(inst: nova.Server) -> int:
         group = group_of[inst.id]
         return group_priority[group] if group is not None else own[inst.id][0]
 
@@ -609,7 +462,7 @@ def build_plan(failed_host: str, instances: Iterable[Any], *, aggregates: Iterab
     priorities = sorted({effective(i) for i, _ in chosen}, reverse=True)
     wave_of = {p: n for n, p in enumerate(priorities)}
 
-    steps: list[Step] = []
+    steps: list[EvacuationStep] = []
     for n, (inst, why) in enumerate(ordered):
         prio = effective(inst)
         own_prio, prio_note = own[inst.id]
@@ -618,18 +471,18 @@ def build_plan(failed_host: str, instances: Iterable[Any], *, aggregates: Iterab
             parts.append(prio_note)
         if prio != own_prio:
             parts.append(f"priority {prio} from group {group_of[inst.id]} (own {own_prio})")
-        prepare, evacuated_from = _prepare(inst)
+        prepare, evacuated_from = _prepare(inst, state[inst.id])
         if prepare != "none":
-            parts.append(f"{prepare} first (vm_state {inst.state}, task_state {inst.task_state})")
-        after = _after(inst, evacuated_from, nova_stops, policy.keep_power_state)
+            parts.append(f"{prepare} first (vm_state {state[inst.id]}, task_state {inst.task_state})")
+        after = _after(state[inst.id], evacuated_from, nova_stops, policy.keep_power_state)
         if after == "start":
             parts.append(f"start after: it was ACTIVE, nova {shown_mv} leaves it SHUTOFF")
         elif after == "stop":
             parts.append(f"stop after: it was SHUTOFF, nova {shown_mv} leaves it ACTIVE")
-        steps.append(Step(server_id=inst.id, name=inst.name, priority=prio, group=group_of[inst.id],
-                          target=targets[n % len(targets)] if targets else None, after=after, prepare=prepare,
-                          reason="; ".join(parts), wave=wave_of[prio], project_id=inst.project_id,
-                          state=inst.state))
+        steps.append(EvacuationStep(server_id=inst.id, name=inst.name, priority=prio, group=group_of[inst.id],
+                                    target=targets[n % len(targets)] if targets else None, after=after,
+                                    prepare=prepare, reason="; ".join(parts), wave=wave_of[prio],
+                                    project_id=inst.project_id or "", state=state[inst.id]))
 
     waves = tuple(Wave(index=wave_of[p], priority=p, steps=tuple(s for s in steps if s.priority == p))
                   for p in priorities)

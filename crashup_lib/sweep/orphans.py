@@ -22,10 +22,10 @@ import datetime as _dt
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from crashup_lib import log
+from crashup_lib import events, log
 from crashup_lib.health import Guest, HealthError, StoredFile
 
-ORPHANED = "crashup.resource.orphaned"
+ORPHANED = events.RESOURCE_ORPHANED
 IMAGE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 #: a guest on two hosts is normal while one of these runs (live migration, resize, evacuation) or until a resize is
 #: confirmed (vm_state resized: the source keeps its shut-off guest)
@@ -121,7 +121,7 @@ def glance_orphans(datadir: str, files: Sequence[StoredFile], rows: Mapping[str,
 # ----------------------------------------------------------------------------------------------------- finders
 def _unlisted(service: str, what: str, error: BaseException) -> None:
     _log.warning("sweep: %s: %s not listed, orphans there unknown: %s", service, what,
-                 log.redact(" ".join(str(error).split())))
+                 log.error_line(error, 1000))
 
 
 class NovaOrphans:
@@ -185,6 +185,6 @@ def report(orphan: Orphan, emitter) -> bool:
         emitter.publish(ORPHANED, orphan.id, orphan.payload())
     except Exception as e:          # noqa: BLE001 - a lost event must not stop the sweep
         _log.error("sweep: orphan %s %s: the %s event was not recorded: %s", orphan.service, orphan.id, ORPHANED,
-                   log.redact(" ".join(str(e).split())))
+                   log.error_line(e, 1000))
         return False
     return True

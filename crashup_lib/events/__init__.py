@@ -1,0 +1,20 @@
+"""crashup events: versioned JSON documents about every recovery action, and the sinks that deliver them.
+
+  contract.py         the type names, make_event(), check_payload()/check_event() compiled from events.schema.json
+  sinks.py            JournalSink (durable), WebhookSink (signed), CommandSink; sign()/verify_signature()
+  emitter.py          Emitter: each event to every sink, durable ones first
+  journal.py          read()/follow() a journal back, listing() for a terminal
+  events.schema.json  the contract, JSON Schema draft 2020-12
+
+Use it as `from crashup_lib import events` then events.make_event(events.HOST_FAILED, ...), events.Emitter...
+"""
+from crashup_lib.events.contract import (  # noqa: F401 - the package's API
+    HOST_FAILED, HOST_FENCING_UNCONFIRMED, HOST_RECOVERED, HOST_STORM, INSTANCE_EVACUATED, INSTANCE_EVACUATION_FAILED,
+    INSTANCE_REPAIRED, POWER_STATES, RESOURCE_ORPHANED, RESOURCE_STALE_RECOVERED, RESOURCE_STALE_UNRECOVERABLE,
+    SCHEMA_PATH, SPECVERSION, TYPES, EventError, SchemaError, check_event, check_payload, load_schema, make_event,
+    rfc3339, to_json)
+from crashup_lib.events.emitter import Emitter  # noqa: F401
+from crashup_lib.events.journal import (  # noqa: F401
+    Events, follow, is_event, listing, parse_line, read, sanitize)
+from crashup_lib.events.sinks import (  # noqa: F401
+    CommandSink, JournalError, JournalSink, WebhookSink, sign, verify_signature)
