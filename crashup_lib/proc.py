@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import selectors
+import shlex
 import signal
 import subprocess
 import time
@@ -39,6 +40,18 @@ class Done:
         """The last non-empty line it said (stderr first), shortened: what an error message quotes."""
         lines = [ln.strip() for ln in (self.stderr or self.stdout).splitlines() if ln.strip()]
         return lines[-1][:width] if lines else ""
+
+
+def split(command: str) -> list[str]:
+    """An operator's command line as argv, split like a shell would (never run through one); ValueError naming why
+    it cannot be."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise ValueError(f"cannot split it like a shell would: {e}") from None
+    if not argv:
+        raise ValueError("expected a command (it is empty)")
+    return argv
 
 
 def run(argv: list[str], timeout: float, *, input: bytes | None = None, env: dict[str, str] | None = None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 import traceback
 from typing import Any
 
@@ -172,11 +171,9 @@ def _password_from_file(path: str) -> str:
 
 def _password_from_script(script: str) -> str:
     try:
-        argv = shlex.split(script)
+        argv = proc.split(script)
     except ValueError as e:
-        raise FenceError(f"cannot read the password script command {log.shown(script)}: {e}") from None
-    if not argv:
-        raise FenceError("the password script command is empty")
+        raise FenceError(f"the password script command {log.shown(script)}: {e}") from None
     timeout = min(SCRIPT_TIMEOUT, deadline.remaining(SCRIPT_TIMEOUT))
     try:      # in a session of its own: on a timeout its whole process group is killed, children and all
         done = proc.run(argv, timeout, limit=MAX_SECRET + 1)
