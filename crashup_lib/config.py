@@ -10,12 +10,12 @@ twin to keep it out of crashup.conf, and a password is redacted wherever a value
 """
 from __future__ import annotations
 
+import collections
 import configparser
-import dataclasses
 import difflib
 import os
 import re
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from crashup_lib import files
 from crashup_lib.log import one_line, redact, register_secret, shown, text_problem
@@ -35,11 +35,12 @@ class ConfigError(ValueError):
 
 # --- value kinds: each parses a string or raises ValueError("what is allowed") ------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Kind:
-    describe: str                            # what is allowed, in words
-    parse: Callable[[str], Any]
-    multiline: bool = False                  # lists may continue on the next INI line
+# Named tuples, not dataclasses or typing: the compute agent's monitor loads this module (dataclasses and typing
+# cost it ~10 ms of imports).
+class Kind(collections.namedtuple("Kind", "describe parse multiline", defaults=(False,))):
+    """describe: what is allowed, in words; parse: str -> value or ValueError; multiline: a list that may continue
+    on the next INI line."""
+    __slots__ = ()
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -168,6 +169,16 @@ def words() -> Kind:
     return Kind("a comma- or space-separated list", parse, multiline=True)
 
 
+def names(pattern: str, allowed: str) -> Kind:
+    """A comma- or space-separated list of at least one name, each matching pattern."""
+    def parse(raw: str) -> tuple[str, ...]:
+        found = tuple(w for w in re.split(r"[,\s]+", raw.strip()) if w)
+        if not found or not all(re.fullmatch(pattern, w) for w in found):
+            raise ValueError(allowed)
+        return found
+    return Kind(allowed, parse, multiline=True)
+
+
 DB_SCHEMES = ("sqlite", "sqlite+pysqlite", "mysql", "mysql+pymysql")
 
 
@@ -193,13 +204,8 @@ def url_password(url: str) -> str | None:
 
 # --- the options ---------------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Option:
-    name: str
-    section: str
-    kind: Kind
-    default: str
-    help: str
+class Option(collections.namedtuple("Option", "name section kind default help")):
+    __slots__ = ()
 
 
 def _connection(service: str, what: str) -> tuple[Option, Option]:
@@ -262,6 +268,22 @@ OPTIONS: tuple[Option, ...] = (
            "file holding the HMAC key that signs webhook requests"),
     Option("hook_command", "events", optional_path(), "",
            "command run with each event as JSON on its standard input"),
+    Option("transport_url_file", "events", optional_path(), "",
+           "a file (mode 0600) holding the transport URL of the OpenStack notification bus, "
+           "rabbit://user:password@host:port/vhost, as nova's [DEFAULT] transport_url; empty: no event goes to the "
+           "bus (docs/custom-recovery.md)"),
+    Option("notification_topics", "events", names(r"[A-Za-z0-9_.-]+", "topic names (letters, digits, _.-), "
+                                                  "comma- or space-separated, at least one"), "notifications",
+           "oslo.messaging's [oslo_messaging_notifications] topics: each event is published with the routing key "
+           "<topic>.info or <topic>.error"),
+    Option("control_exchange", "events", text(r"[A-Za-z0-9_.:-]+", "an exchange name (letters, digits, _.:-)"),
+           "openstack", "the topic exchange notifications go to (oslo.messaging's control_exchange)"),
+    Option("publish_timeout", "events", duration(0.1, 60), "2",
+           "bound on one publish to the bus, connecting included (the publisher runs in the background: a "
+           "recovery never waits for it)"),
+    Option("outbox_dir", "events", optional_path(), "/var/lib/crashup/outbox",
+           "where events wait, fsync'ed, until the bus has them; on storage the controllers share, a failover "
+           "hands what is left to the next daemon"),
     # the CrashUp sweep (`crashup sweep`): a service is swept only when its database is configured
     *_connection("nova", "the nova cell databases, cell0 and every cell (nova-manage cell_v2 list_cells --verbose "
                          "shows them)"),
@@ -284,17 +306,17 @@ BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(o.section for o in OPTIONS))
 
 
-class Config(Mapping[str, Any]):
+class Config(Mapping[str, object]):
     """Validated values by option name (also as attributes), with where each value came from."""
 
-    def __init__(self, values: dict[str, Any], sources: dict[str, str]):
+    def __init__(self, values: dict[str, object], sources: dict[str, str]):
         self._values = values
         self.sources = sources
 
-    def __getitem__(self, name: str) -> Any:
+    def __getitem__(self, name: str) -> object:
         return self._values[name]
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         try:
             return self._values[name]
         except KeyError:
@@ -366,7 +388,7 @@ def load(path: str | None = None, overrides: Mapping[str, str] | None = None,
     for name, value in (overrides or {}).items():
         if name in BY_NAME:
             raw[name] = (value, f"{override_source} {name}")
-    values: dict[str, Any] = {}
+    values: dict[str, object] = {}
     for name, (value, source) in raw.items():
         option = BY_NAME[name]
         try:

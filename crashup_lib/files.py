@@ -6,9 +6,9 @@ line: each caller wraps the problem in its own error ("config: ...", "clouds fil
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
-from typing import BinaryIO
 
 
 class FileProblem(ValueError):
@@ -19,7 +19,7 @@ class Missing(FileProblem):
     """There is no such file (which some callers take as empty)."""
 
 
-def open_regular(path: str) -> BinaryIO:
+def open_regular(path: str) -> io.BufferedReader:
     """The file opened for binary reading; FileProblem unless it is a regular file we may read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)     # checked before anything reads it

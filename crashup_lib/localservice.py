@@ -10,7 +10,7 @@ import os
 import shlex
 import string
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from crashup_lib import proc
 

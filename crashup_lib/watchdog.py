@@ -12,13 +12,13 @@ not be asked".
 """
 from __future__ import annotations
 
-import dataclasses
+import collections
 import json
 import math
 import os
 import re
 import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from crashup_lib import files, log
 
@@ -94,27 +94,22 @@ REASON_MAX = 1024
 _HOST = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,255}")   # one word of printable characters: it goes into commands
 
 
-@dataclasses.dataclass(frozen=True)
-class Cache:
-    """A cached verdict, every field checked; NO_CACHE (checked_at None) when there is none to trust.
+class Cache(collections.namedtuple("Cache", "checked_at healthy reason host", defaults=(None, True, "", None))):
+    """A cached verdict, every field checked; NO_CACHE (checked_at None) when there is none to trust. A named tuple,
+    not a dataclass: dataclasses costs every monitor ~5 ms of imports.
 
     .get(name, default) reads it like the dict it used to be, so the agent's cache.get("healthy", True) and
     cache.get("host") keep working: a field that is None gives the default."""
+    __slots__ = ()
 
-    checked_at: float | None = None
-    healthy: bool = True
-    reason: str = ""
-    host: str | None = None
-
-    def get(self, name: str, default: Any = None) -> Any:
-        value = getattr(self, name, None) if name in _FIELDS else None
+    def get(self, name: str, default: object = None) -> object:
+        value = getattr(self, name, None) if name in self._fields else None
         return default if value is None else value
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {k: v for k, v in self._asdict().items() if v is not None}
 
 
-_FIELDS = frozenset(f.name for f in dataclasses.fields(Cache))
 NO_CACHE = Cache()
 
 
@@ -122,7 +117,7 @@ def cache_path(state_dir: str, node: str) -> str:
     return os.path.join(state_dir, f"nova-compute-{node}.json")
 
 
-def _valid(data: Any) -> Cache | None:
+def _valid(data: object) -> Cache | None:
     """The Cache in a decoded file, or None when any field is missing or of the wrong type."""
     if not isinstance(data, dict):
         return None
@@ -185,7 +180,7 @@ def forget(path: str) -> None:
         pass
 
 
-def fresh(cache: Cache | Mapping[str, Any], max_age: float, now: float | None = None) -> bool:
+def fresh(cache: Cache | Mapping[str, object], max_age: float, now: float | None = None) -> bool:
     """Was the verdict checked less than max_age seconds ago (and not in the future: a clock step re-checks)?"""
     checked = cache.get("checked_at")
     if isinstance(checked, bool) or not isinstance(checked, (int, float)):

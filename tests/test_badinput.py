@@ -153,7 +153,8 @@ def test_nova_compute_stop_succeeds_and_probe_says_not_running_on_configuration_
 def test_a_status_command_that_hangs_leaves_no_child_behind(tmp_path):
     """defect 9: a monitor's timeout kills the whole process group, not only the shell."""
     script = tmp_path / "status"
-    script.write_text("#!/bin/sh\nsleep 93.17\n")
+    marker = f"93.{os.getpid()}"                       # unique: other test runs may share this machine
+    script.write_text(f"#!/bin/sh\nsleep {marker}\n")
     script.chmod(0o755)
     env = agent_env(**{**BASE, "OCF_RESKEY_status_command": str(script), "OCF_RESKEY_stop_command": "/bin/true",
                        "OCF_RESKEY_state_dir": str(tmp_path), "OCF_RESKEY_CRM_meta_timeout": "2000",
@@ -161,7 +162,7 @@ def test_a_status_command_that_hangs_leaves_no_child_behind(tmp_path):
     result = run([NOVA_COMPUTE, "monitor"], env=env)
     assert result.returncode == 1 and "did not finish within" in result.stderr
     time.sleep(0.2)
-    assert not _processes_with("sleep 93.17")
+    assert not _processes_with(f"sleep {marker}")
 
 
 def _processes_with(text: str) -> list[str]:
