@@ -17,12 +17,13 @@ BIN_DIR ?= /usr/local/bin
 
 # Debian packages the tests and the lab use (installed when running as root and missing); libvirt-dev, pkg-config,
 # gcc and python3-dev build libvirt-python (the Health Collector's libvirt backend, tested on libvirt's test driver);
-# mariadb-server: throwaway servers for the sweep's tests and bench (tests/lab/mariadb.py; ~35 s to install)
+# mariadb-server: throwaway servers for the sweep's tests and bench (tests/lab/mariadb.py; ~35 s to install);
+# rabbitmq-server: the lab's notification bus, a throwaway broker without systemd (tests/lab/rabbitmq.py; ~12 s)
 DEBS := pacemaker pacemaker-cli-utils pcs corosync resource-agents fence-agents crmsh libxml2-utils ipmitool \
-        iproute2 util-linux procps python3-venv libvirt-dev pkg-config gcc python3-dev mariadb-server
+        iproute2 util-linux procps python3-venv libvirt-dev pkg-config gcc python3-dev mariadb-server rabbitmq-server
 
 .PHONY: all deps venv nova-venv schemas-venv test unit lab-test demo install uninstall bench bench-recovery bench-rejoin \
-        bench-sweep lab-up lab-down lab-status clean
+        bench-sweep bench-bus lab-up lab-down lab-status clean
 
 all: venv
 
@@ -81,6 +82,10 @@ bench-recovery: deps venv nova-venv
 bench-rejoin: deps venv nova-venv
 	$(PY) bench/rejoin.py
 
+# the bus: kombu against oslo.messaging (from the nova venv) on a throwaway RabbitMQ, side by side (~1 min)
+bench-bus: deps venv nova-venv
+	$(PY) bench/bus.py
+
 # the sweep's scan over 100k nova instance rows, on sqlite and on a throwaway MariaDB (~30 s)
 bench-sweep: deps venv schemas-venv
 	$(PY) bench/sweep.py
@@ -89,7 +94,7 @@ bench-sweep: deps venv schemas-venv
 # interpreter as their shebang here, so Pacemaker (which runs them by path, with its own PATH) finds the library.
 install:
 	test -x $(INSTALL_VENV)/bin/python3 || $(PYTHON) -m venv $(INSTALL_VENV)
-	$(INSTALL_VENV)/bin/python3 -m pip install -q --disable-pip-version-check -c constraints.txt ".[sweep]"
+	$(INSTALL_VENV)/bin/python3 -m pip install -q --disable-pip-version-check -c constraints.txt ".[sweep,bus]"
 	install -d $(DESTDIR)$(OCF_DIR) $(DESTDIR)$(SBIN_DIR) $(DESTDIR)$(ETC_DIR) $(DESTDIR)$(BIN_DIR)
 	for f in $(wildcard agents/*); do \
 	  sed '1s|^#!.*|#!$(INSTALL_VENV)/bin/python3|' $$f > $(DESTDIR)$(OCF_DIR)/$$(basename $$f); \

@@ -1,6 +1,9 @@
 from setuptools import find_packages, setup
 
 SWEEP = ["SQLAlchemy>=2.0,<2.1", "PyMySQL>=1.0,<2"]
+# bus: events on the OpenStack notification bus (crashup_lib.bus; kombu rather than oslo.messaging, measured by
+# bench/bus.py: see crashup_lib/bus.py). Only the controller's daemons publish: compute nodes need not install it.
+BUS = ["kombu>=5.3,<5.8"]
 
 setup(
     name="crashup",
@@ -28,9 +31,10 @@ setup(
     # libvirt-dev, pkg-config, gcc, python3-dev).
     # sweep: the CrashUp sweep's database access (crashup_lib.sweep.db, imported only by `crashup sweep`)
     extras_require={"test": ["pytest>=7", "jsonschema>=4.18", "hypothesis>=6.100,<7", "python-novaclient>=18,<19",
-                             "libvirt-python>=9.0", *SWEEP],
+                             "libvirt-python>=9.0", *SWEEP, *BUS],
                     "libvirt": ["libvirt-python>=9.0"],
-                    "sweep": SWEEP},
+                    "sweep": SWEEP,
+                    "bus": BUS},
     entry_points={"console_scripts": ["crashup = crashup_lib.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",

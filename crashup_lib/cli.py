@@ -97,6 +97,8 @@ def _release(args) -> int:
 def _events(args) -> int:
     from crashup_lib import events
     cfg = _load(args)
+    if args.bus:
+        return _events_bus(args, cfg)
     if not cfg.journal:
         print("crashup: no journal configured ([events] journal)", file=sys.stderr)
         return 2
@@ -107,6 +109,35 @@ def _events(args) -> int:
             print(json.dumps(event) if args.json else events.listing(event), flush=True)
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _events_bus(args, cfg) -> int:
+    """`crashup events --follow --bus`: the crashup events arriving on the notification bus, each once, from now on
+    (a private queue bound to <topic>.* on the control exchange), until Ctrl-C or SIGTERM."""
+    from crashup_lib import bus
+    from crashup_lib.events import bus as events_bus
+    from crashup_lib.events import listing
+    if not args.follow or args.new:
+        print("crashup: --bus goes with --follow, not --new (the bus has no history: it shows events from now on)",
+              file=sys.stderr)
+        return 2
+    if not cfg.transport_url_file:
+        print("crashup: no bus configured ([events] transport_url_file)", file=sys.stderr)
+        return 2
+
+    def on_state(state: str, line: str) -> None:
+        print(f"crashup: bus {'lost' if state == 'lost' else 'back'}: {one_line(redact(line))}", file=sys.stderr,
+              flush=True)
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        for event in events_bus.follow(cfg, on_state=on_state):
+            print(json.dumps(event) if args.json else listing(event), flush=True)
+    except KeyboardInterrupt:
+        pass
+    except bus.BusError as e:
+        print(f"crashup: {one_line(redact(str(e)))}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -224,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("events", help="print the event journal")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--new", action="store_true", help="with --follow: only events from now on")
+    p.add_argument("--bus", action="store_true", help="with --follow: read the notification bus instead of the "
+                                                      "journal ([events] transport_url_file)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_events)
     p = sub.add_parser("sweep", help="CrashUp: fix resources stuck in a task (nova, cinder, glance, neutron)")

@@ -19,6 +19,7 @@ LAYERS = {
     "crashup_lib.config": 1, "crashup_lib.clouds": 1, "crashup_lib.osapi": 1, "crashup_lib.pacemaker": 1,
     "crashup_lib.nova": 1, "crashup_lib.cinder": 1, "crashup_lib.ipmi": 1, "crashup_lib.localservice": 1, "crashup_lib.ocf": 1,
     "crashup_lib.fencing": 1, "crashup_lib.sweep.db": 1,
+    "crashup_lib.bus": 1,                   # the notification bus's broker (AMQP through kombu)
     # domain: decisions as data and pure functions, and what observes or records them
     "crashup_lib.rules": 2, "crashup_lib.events": 2, "crashup_lib.health": 2, "crashup_lib.plan": 2,
     "crashup_lib.repair": 2, "crashup_lib.rejoin": 2, "crashup_lib.watchdog": 2, "crashup_lib.inventory": 2,
@@ -31,7 +32,8 @@ LAYER_NAMES = ("leaves", "adapters", "domain", "services", "cli")
 # imports a library module may defer into a function: each costs an agent's start-up tens of ms or more (and
 # logging.handlers is needed only where a syslog socket exists)
 DEFERRABLE = ("lxml", "openstack", "keystoneauth1", "yaml", "sqlalchemy", "libvirt", "pyghmi", "requests",
-              "jsonschema", "pymysql", "logging.handlers")
+              "jsonschema", "pymysql", "logging.handlers",
+              "kombu")     # ~80 ms and 10 MB: only the processes that publish to or read the bus load it (bus.py)
 
 
 def deferrable(target: str) -> bool:

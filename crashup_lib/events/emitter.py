@@ -4,14 +4,19 @@ Emitter(sinks).emit(event) gives the event to the durable sinks (the journal) in
 best-effort ones (webhook, hook) in order, in the caller's thread or, with background=True, in one worker thread so
 a slow receiver never delays a recovery. A durable sink's failure is raised once the others had the event: the
 caller (the recovery pipeline) retries its step, so an event is not lost. Emitter.from_config(cfg) builds the sinks
-from the [events] options (journal, webhook_url, webhook_secret_file, hook_command).
+from the [events] options (journal, webhook_url, webhook_secret_file, hook_command, and the notification bus:
+transport_url_file...). The bus is a durable sink too: its send() only appends the event to an fsync'ed outbox that
+a background publisher drains (events/bus.py), so the broker never delays the caller. close() ends the background
+work, each sink's own included (the bus's publisher), within its timeout.
 """
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any, Iterable, Mapping
 
+from crashup_lib.events import bus
 from crashup_lib.events.contract import make_event
 from crashup_lib.events.sinks import CommandSink, JournalError, JournalSink, WebhookSink, warn
 
@@ -36,10 +41,15 @@ class Emitter:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], *, background: bool = False) -> "Emitter":
-        """Sinks from the [events] options: journal, webhook_url (+ webhook_secret_file), hook_command."""
+        """Sinks from the [events] options: journal, the bus (transport_url_file: its publisher starts, replaying
+        what a previous process left), webhook_url (+ webhook_secret_file), hook_command. ConfigError for a bad
+        one."""
         sinks: list[Any] = []
         if cfg.get("journal"):
             sinks.append(JournalSink(cfg["journal"]))
+        bus_sink = bus.from_config(cfg)
+        if bus_sink is not None:
+            sinks.append(bus_sink)
         if cfg.get("webhook_url"):
             sinks.append(WebhookSink(cfg["webhook_url"], cfg.get("webhook_secret_file") or None))
         if cfg.get("hook_command"):
@@ -90,15 +100,28 @@ class Emitter:
             self._deliver(event)
 
     def close(self, timeout: float | None = 30) -> bool:
-        """Wait for the background deliveries queued so far; False if they did not end within timeout."""
+        """Wait for the background deliveries queued so far, then close the sinks that have a close(timeout)
+        (the bus's publisher: it publishes what the broker takes in the time left); False if something did not end
+        within timeout."""
+        end = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             worker, q = self._worker, self._queue
             self._worker = self._queue = None
-        if worker is None or q is None:
-            return True
-        q.put(None)
-        worker.join(timeout)
-        return not worker.is_alive()
+        ended = True
+        if worker is not None and q is not None:
+            q.put(None)
+            worker.join(timeout)
+            ended = not worker.is_alive()
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                left = 30.0 if end is None else max(0.0, end - time.monotonic())
+                try:
+                    ended = close(left) is not False and ended
+                except Exception as e:          # noqa: BLE001 - a custom sink's bug must not stop a shutdown
+                    warn(f"events: closing sink {getattr(sink, 'name', type(sink).__name__)} failed: {e}")
+                    ended = False
+        return ended
 
     def __enter__(self) -> "Emitter":
         return self

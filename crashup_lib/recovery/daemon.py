@@ -4,6 +4,9 @@ Pacemaker keeps one instance running (agents/crashup). Requests live in the CIB,
 loses nothing: the next one finds every open request on its first look and resumes it. The CIB is read every
 `WATCH_INTERVAL` seconds (one cibadmin query, ~15 ms), which is how a new request is seen within a second of fencing.
 A heartbeat file, touched every round, lets the agent's monitor tell a live daemon from a stuck one cheaply.
+The events' emitter is built when the daemon starts (the bus's publisher then replays what a previous process left
+in its outbox) and closed when it stops, within EMITTER_CLOSE seconds: what the broker did not take by then stays in
+the outbox for the next daemon.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ LOG = log.get("daemon")
 WATCH_INTERVAL = 0.5
 RETRY_PAUSE = 2.0
 FENCING_POLL = 0.25
+EMITTER_CLOSE = 5.0        # seconds a stopping daemon gives the bus's publisher (Pacemaker's stop allows 30)
 
 
 class Daemon:
@@ -35,22 +39,39 @@ class Daemon:
         self._emitter = emitter
         self._recovery = None
         self._recovery_lock = threading.Lock()
+        self._emitter_lock = threading.Lock()
 
     def recovery(self):
         """The pipeline with its clients, made once, shared by the workers (building clients costs time)."""
         with self._recovery_lock:
             return self._make_recovery()
 
+    def emitter(self):
+        """The events' emitter, built from the configuration once (ConfigError for a bad [events] option)."""
+        with self._emitter_lock:
+            if self._emitter is None:
+                self._emitter = events.Emitter.from_config(self.cfg)
+            return self._emitter
+
     def _make_recovery(self):
         if self._recovery is None:
             if self._nova_factory is None:
                 self._nova_factory = lambda: nova.Nova.from_config(self.cfg)
-            emitter = self._emitter or events.Emitter.from_config(self.cfg)
-            self._recovery = Recovery(self.cfg, self.cluster, self._nova_factory(), emitter)
+            self._recovery = Recovery(self.cfg, self.cluster, self._nova_factory(), self.emitter())
         return self._recovery
 
     def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        emitter = self.emitter()                  # now: the bus's outbox is replayed from the start
+        try:
+            self._watch()
+        finally:
+            close = getattr(emitter, "close", None)
+            if callable(close) and close(EMITTER_CLOSE) is False:
+                LOG.warning("events: delivery still going on after %gs at stop; the bus's outbox keeps the rest",
+                            EMITTER_CLOSE)
+
+    def _watch(self) -> None:
         LOG.info("recovery daemon started (mode %s, watching the CIB every %gs)", self.cfg.mode, WATCH_INTERVAL)
         while not self.stop_event.is_set():
             try:
@@ -106,6 +127,7 @@ class Daemon:
 def main(cfg, state_dir: str) -> int:
     log.setup("crashup-daemon", stderr=False, debug=cfg.debug)
     daemon = Daemon(cfg, state_dir=state_dir)
+    daemon.emitter()                              # a bad [events] option stops here, with one line
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)
     with Presence(pathlib.Path(state_dir), *RECOVERY):

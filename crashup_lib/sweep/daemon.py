@@ -5,7 +5,9 @@ sweeps every recovery_interval_period (start to start) and never dies of one rou
 next round. SIGTERM/SIGINT end it between two resources, never in the middle of a change. Under Pacemaker
 (ocf:crashup:crashup daemon=sweep) it keeps its pid and a heartbeat in state_dir (presence.SWEEP): the heartbeat is
 touched between resources and while waiting, so a sweep stuck beyond its bounded calls stops beating and gets
-restarted.
+restarted. The events' emitter (its webhook/hook worker and the bus's publisher, which first replays what a previous
+process left in the outbox) is closed on the way out, within EMITTER_CLOSE seconds: the bus's outbox keeps what the
+broker did not take by then.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from crashup_lib.sweep.wiring import finders_from_config, routes_from_config, sw
 _log = log.get("sweep")
 
 HEARTBEAT_SLICE = 5.0      # the daemon's longest wait between two heartbeats, apart from one bounded call
+EMITTER_CLOSE = 10.0       # seconds the events' background deliveries get when the sweep ends
 
 
 def run(cfg, mode: str, *, out=None, state_dir: str | None = None) -> int:
@@ -84,7 +87,7 @@ def run(cfg, mode: str, *, out=None, state_dir: str | None = None) -> int:
             return loop(one_round, cfg.recovery_interval_period, stop, wait=wait)
     finally:
         if emitter is not None:
-            emitter.close(timeout=10)
+            emitter.close(timeout=EMITTER_CLOSE)
 
 
 def loop(one_round: Callable[[], Any], interval: float, stop: threading.Event,

@@ -1,9 +1,10 @@
 """The whole lab in one place: a Pacemaker controller and remote compute nodes, real nova, one BMC per node.
 
-The pieces live in their own modules (pacemaker.py + netns.py, novabox/ + nova_env.py, bmc.py); this joins them:
-crashup's agents installed where Pacemaker looks for them, one fence_crashup_ipmi device and fencing level per node
-against that node's BMC, BMC power hooks that really take a node down (hooks.py), a clouds.yaml for the clients,
-failure injection, and a teardown that leaves nothing behind but logs and the install caches.
+The pieces live in their own modules (pacemaker.py + netns.py, novabox/ + nova_env.py, bmc.py, rabbitmq.py); this
+joins them: crashup's agents installed where Pacemaker looks for them, one fence_crashup_ipmi device and fencing level
+per node against that node's BMC, BMC power hooks that really take a node down (hooks.py), a clouds.yaml for the
+clients, a RabbitMQ broker for the notification bus (loopback, its transport URL in a file), failure injection, and a
+teardown that leaves nothing behind but logs and the install caches.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 
-from tests.lab import nova_env, pacemaker, topology
+from tests.lab import nova_env, pacemaker, rabbitmq, topology
 from tests.lab.netns import LabError
 from tests.lab.topology import LAB_DIR, LOG_DIR, REPO, RUN_DIR, SECRETS_DIR, Node
 
@@ -35,6 +36,9 @@ COMPUTE_CTL = REPO / "tests" / "lab" / "crlab-compute"
 NOVA_COMPUTE = "nova-compute"                  # the clone's primitive; the clone is NOVA_COMPUTE + "-clone"
 BMC_DIR = RUN_DIR / "bmc"
 NOVA_STATE = RUN_DIR / "nova"
+BUS_DIR = RUN_DIR / "bus"                     # the broker's state: mnesia, cookie, password (0600), pid files
+TRANSPORT_URL_FILE = BUS_DIR / "transport_url"  # rabbit://crashup:<password>@127.0.0.1:5673/crashup, mode 0600
+OUTBOX_DIR = RUN_DIR / "outbox"               # crashup's bus outbox (events not yet accepted by the broker)
 OCF_DIR = pathlib.Path("/usr/lib/ocf/resource.d/crashup")
 SBIN_DIR = pathlib.Path("/usr/sbin")
 MARKER = "# installed by the crashup lab; removed by `lab down`"
@@ -207,6 +211,49 @@ def bmc(n: Node):
     return ipmi.Bmc(topology.BMC_ADDR, topology.BMC_USER, password, port=n.bmc_port)
 
 
+# --- the notification bus -----------------------------------------------------------------------------------------------
+
+def broker() -> rabbitmq.Broker:
+    """The lab's RabbitMQ (running or not: a Broker attaches to its state directory; its logs in LOG_DIR/rabbitmq)."""
+    return rabbitmq.Broker(BUS_DIR, topology.BUS_PORT, dist_port=topology.BUS_DIST_PORT,
+                           epmd_port=topology.BUS_EPMD_PORT, nodename=topology.BUS_NODENAME, vhost=topology.BUS_VHOST,
+                           user=topology.BUS_USER, log_dir=LOG_DIR / "rabbitmq")
+
+
+def bus_options() -> dict[str, str]:
+    """crashup.conf's [events] options for the bus, those this crashup knows (the bus sink may not be there yet):
+    the transport URL's file, and the outbox in the lab's run state (removed by `lab down`, like the journal)."""
+    from crashup_lib import config
+    wanted = {"transport_url_file": str(TRANSPORT_URL_FILE), "outbox_dir": str(OUTBOX_DIR)}
+    return {k: v for k, v in wanted.items() if k in config.BY_NAME} if "transport_url_file" in config.BY_NAME else {}
+
+
+BUS_FAILURES = ("stop", "freeze", "start")
+
+
+def fail_bus(how: str) -> str:
+    """stop: the broker crashes (SIGKILL: connections reset, then refused; its epmd stays); freeze: SIGSTOP (connects
+    still complete, nothing answers); start: SIGCONT a frozen broker, start a stopped one (same data, user, URL)."""
+    if not (BUS_DIR / "broker.json").exists():
+        raise LabError("no lab broker (is the lab up?)")
+    b = broker()
+    try:
+        if how == "stop":
+            b.kill()
+            return "bus: broker killed"
+        if how == "freeze":
+            b.freeze()
+            return "bus: broker frozen (SIGSTOP)"
+        if how == "start":
+            was = b.state()
+            b.start()
+            return "bus: broker thawed (SIGCONT)" if was == "frozen" else \
+                "bus: broker already running" if was == "running" else f"bus: broker started in {b.start_seconds:.1f}s"
+    except rabbitmq.BrokerError as e:
+        raise LabError(f"bus: {e}") from None
+    raise LabError(f"unknown bus failure {how!r}: one of {', '.join(BUS_FAILURES)}")
+
+
 # --- nova ---------------------------------------------------------------------------------------------------------------
 
 def nova() -> nova_env.NovaBox:
@@ -260,7 +307,7 @@ def inventory(lab_nodes: list[Node], mode: str = "auto") -> dict:
         "crashup": {"config_file": str(CRASHUP_CONF), "state_dir": str(DAEMON_DIR)},
         "openstack": {"cloud": CLOUD, "clouds_file": str(CLOUDS_YAML), "interface": "public", "api_timeout": 20},
         "recovery": {"mode": mode},
-        "events": {"journal": str(JOURNAL)},
+        "events": {"journal": str(JOURNAL), **bus_options()},
         "nova_compute": {"backend": "command", "start_command": f"{ctl} start {{host}}",
                          "stop_command": f"{ctl} stop {{host}}", "status_command": f"{ctl} status {{host}}",
                          "heartbeat_cache": 5},
@@ -292,6 +339,9 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
     """Bring the whole lab up; idempotent only in the sense that a running lab is refused, never adopted."""
     if read_state():
         raise LabError(f"a lab is already up ({STATE_FILE}); run `python -m tests.lab down` first")
+    why = rabbitmq.available()
+    if why:
+        raise LabError(f"{why}: run `make deps`")
     t = Timeline(quiet)
     lab_nodes = topology.nodes(count)
     pacemaker.install()
@@ -304,6 +354,18 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
     netns.ensure_bridge()
     box = nova_env.NovaBox()
     nova_error: list[BaseException] = []
+    bus = broker()
+    bus.prepare()                                        # ports, password: the URL is known before the broker runs
+    bus.write_url_file(TRANSPORT_URL_FILE)
+    bus_error: list[BaseException] = []
+
+    def start_bus():
+        try:
+            bus.start()
+        except BaseException as e:                       # reported in the main thread
+            bus_error.append(e)
+    bus_thread = threading.Thread(target=start_bus, name="rabbitmq-start")
+    bus_thread.start()                                   # the broker (~4 s) starts with nova, while Pacemaker elects
 
     def start_nova():
         try:
@@ -323,11 +385,16 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
         t.mark(f"{count} BMC simulators listening")
     finally:
         nova_thread.join()
+        bus_thread.join()
     if nova_error:
         raise LabError(f"nova did not start: {nova_error[0]}")
     t.mark("nova API, placement, conductor, scheduler, computes up")
+    if bus_error:
+        raise LabError(f"RabbitMQ did not start: {bus_error[0]}")
+    t.mark(f"RabbitMQ on {rabbitmq.HOST}:{bus.port} (vhost {bus.vhost}) ready, started in {bus.start_seconds:.1f}s")
     STATE_FILE.write_text(json.dumps({"nodes": count, "nova_url": topology.nova_url(),
                                       "clouds_yaml": str(write_clouds_yaml()), "cloud": CLOUD,
+                                      "transport_url_file": str(TRANSPORT_URL_FILE),
                                       "crashup_conf": str(write_crashup_conf(lab_nodes))}))
     # what an operator runs: `crashup pcs apply INVENTORY`
     applied = subprocess.run([sys.executable, "-m", "crashup_lib.cli", "pcs", "apply", str(write_inventory(lab_nodes))],
@@ -380,11 +447,28 @@ def down(quiet: bool = False) -> Timeline:
     with contextlib.suppress(Exception):
         subprocess.run(["crm_attribute", "--type", "crm_config", "--name", "maintenance-mode", "--update", "true"],
                        capture_output=True, timeout=10)
+    # the broker (graceful, SIGKILL after a bounded wait, then its epmd) stops while BMCs and nova do; by its pid
+    # files in BUS_DIR, so before pacemaker.down() removes RUN_DIR
+    bus_error: list[BaseException] = []
+    bus_stopped: list[float] = []
+
+    def stop_bus():
+        try:
+            if BUS_DIR.exists():
+                b = broker()
+                b.stop()
+                bus_stopped.append(b.stop_seconds)
+        except BaseException as e:                       # reported once everything else is down
+            bus_error.append(e)
+    bus_thread = threading.Thread(target=stop_bus, name="rabbitmq-stop")
+    bus_thread.start()
     stop_bmcs()
     t.mark("BMC simulators stopped")
     with contextlib.suppress(Exception):
         nova().stop()
     t.mark("nova stopped")
+    bus_thread.join()
+    t.mark("RabbitMQ and its epmd stopped" + (f" (in {bus_stopped[0]:.1f}s, beside the above)" if bus_stopped else ""))
     pacemaker.down()                                     # also namespaces, links, bridge, corosync.conf, CIB
     _kill_orphan_daemon()
     t.mark("Pacemaker, nodes and network removed")
@@ -392,6 +476,8 @@ def down(quiet: bool = False) -> Timeline:
     for d in (RUN_DIR, SECRETS_DIR, DAEMON_DIR):
         shutil.rmtree(d, ignore_errors=True)
     t.mark("agents and run state removed")
+    if bus_error:
+        raise LabError(f"RabbitMQ did not stop cleanly: {bus_error[0]}")
     return t
 
 
@@ -430,6 +516,10 @@ def status_text() -> str:
         except Exception as e:                             # the status view must not die with one BMC
             power = f"unknown ({e})"
         lines.append(f"BMC {n.name:<10} 127.0.0.1:{n.bmc_port}  power {power}")
+    try:
+        lines.append(f"bus: RabbitMQ {broker().status_line()}; transport URL in {TRANSPORT_URL_FILE}")
+    except Exception as e:
+        lines.append(f"bus: unknown ({e})")
     try:
         computes = nova().get_state().get("computes", {})
         lines.append("nova-compute: " + ", ".join(f"{h} {'running' if up else 'stopped'}"

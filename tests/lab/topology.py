@@ -2,7 +2,8 @@
 
 Compute nodes live in network namespaces joined by one bridge on the host, so the controller (host namespace) and
 every node reach the same nova API address; BMCs listen on loopback UDP, which only the controller (where
-pacemaker-fenced runs fence agents) needs to reach.
+pacemaker-fenced runs fence agents) needs to reach. The RabbitMQ broker (the notification bus) listens on loopback
+too: crashup's recovery daemon, its only client in the lab, runs on the controller; compute nodes never reach it.
 """
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ REMOTE_PORT = 3121                       # pacemaker-remoted
 BMC_ADDR = "127.0.0.1"
 BMC_BASE_PORT = 6230                     # node i's BMC listens on BMC_BASE_PORT + i
 BMC_USER = "admin"
+#: the notification bus: a throwaway RabbitMQ (tests/lab/rabbitmq.py), loopback only, ports apart from a site's own
+#: broker (5672/25672/4369), so a RabbitMQ installed on the machine never meets the lab's
+BUS_NODENAME = "crashup-lab@localhost"
+BUS_PORT = 5673                          # AMQP
+BUS_DIST_PORT = 25673                    # Erlang distribution (rabbitmqctl talks to the node through it)
+BUS_EPMD_PORT = 4370                     # the broker's own epmd
+BUS_VHOST = "crashup"
+BUS_USER = "crashup"
 DEFAULT_NODES = 3
 
 
