@@ -43,6 +43,14 @@ def alive(pid):
         return False
 
 
+def gone(pid, within=2.0):
+    """The process ends: its command line empties as it exits, a moment before /proc shows it a zombie."""
+    until = time.monotonic() + within
+    while alive(pid):
+        assert time.monotonic() < until, f"process {pid} still alive"
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def daemon(tmp_path):
     return presence.Presence(tmp_path / "state", *presence.RECOVERY)
@@ -52,7 +60,8 @@ def test_a_daemon_that_beats_is_started_and_stopped(daemon):
     pid = daemon.spawn(argv(daemon.state_dir, "beat"), dict(os.environ), b"daemon", budget(10))
     assert daemon.pid(b"daemon") == pid and daemon.pid(b"sweep") is None
     assert daemon.stop(b"daemon", budget(10)) is True
-    assert daemon.pid(b"daemon") is None and not alive(pid)
+    assert daemon.pid(b"daemon") is None
+    gone(pid)
     assert daemon.stop(b"daemon", budget(10)) is True                 # nothing running: done
 
 
@@ -71,9 +80,7 @@ def test_an_old_heartbeat_is_not_taken_and_a_start_that_gives_up_kills_its_daemo
                                                      r"start timeout\)$"):
         daemon.spawn(argv(daemon.state_dir, "mute"), dict(os.environ), b"daemon", budget(2), name="sweep")
     assert time.monotonic() - started < 2
-    pid = int(daemon.pid_file.read_text())
-    time.sleep(0.1)
-    assert not alive(pid)
+    gone(int(daemon.pid_file.read_text()))
 
 
 def test_a_daemon_deaf_to_sigterm_is_killed_before_the_stop_times_out(daemon):
@@ -81,5 +88,4 @@ def test_a_daemon_deaf_to_sigterm_is_killed_before_the_stop_times_out(daemon):
     started = time.monotonic()
     assert daemon.stop(b"daemon", budget(2.5)) is False
     assert 0.4 < time.monotonic() - started < 1.5
-    time.sleep(0.1)
-    assert not alive(pid)
+    gone(pid)
