@@ -72,7 +72,7 @@ def recover(event: dict, client, release, *, dry_run: bool = False, wait: float 
             continue
         done.append(f"{server_id}: evacuate to {target}" + (" (dry run)" if dry_run else ""))
         if not dry_run:
-            client.evacuate(server_id, target)
+            client.evacuate(server_id, target, microversion=nova.evacuate_microversion(True))  # stays ACTIVE
             moving.append((server_id, target))
     end = time.monotonic() + wait
     while moving:

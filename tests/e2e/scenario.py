@@ -1,7 +1,9 @@
 """What end-to-end scenarios share: booting servers on a host, waiting for a recovery request, reading the event
-journal and nova's evacuation records, switching the recovery daemon off."""
+journal and nova's evacuation records, switching the recovery daemon off or its mode; on the notification bus, a
+consumer of the lab's broker (BusTap) and a watch that no server is ever on two hypervisors (GuestWatch)."""
 import contextlib
 import subprocess
+import threading
 import time
 
 from crashup_lib import events
@@ -85,3 +87,206 @@ def delete_servers(lab):
         conn.compute.delete_server(s)
     for s in servers:
         conn.compute.wait_for_delete(s, interval=0.3, wait=120)
+
+
+def tidy_up(lab):
+    """What tests/e2e/test_recovery.py's `tidy` does after each test, for other modules: faults cleared, daemon
+    enabled, every recovery closed (released if it does not end by itself), every node back, no servers."""
+    from crashup_lib.recovery import pipeline
+    from tests.lab import pacemaker
+    lab.nova().clear_faults()
+    set_daemon(True, check=False)
+    for node in lab.nodes():
+        req = lab.recovery_request(node)
+        if req is not None and req.open:
+            try:
+                wait_request(lab, node, ("done", "released"), req.fenced_at, timeout=120)
+            except AssertionError:
+                pipeline.release(node.name)
+        lab.wait_rejoined(node)
+    pacemaker.wait_for(lab.all_online(lab.nodes()), 120, "every node online")
+    delete_servers(lab)
+
+
+def restart_daemon():
+    subprocess.run(["crm_resource", "--restart", "--resource", "crashup", "--timeout", "60s"], check=True,
+                   capture_output=True, timeout=90)
+
+
+@contextlib.contextmanager
+def recovery_mode(lab, mode):
+    """crashup's [recovery] mode set to `mode` inside the block (crashup.conf rewritten, the daemon restarted), the
+    lab's own configuration back after it."""
+    import re
+    conf = lab.CRASHUP_CONF.read_text()
+    changed, count = re.subn(r"(?m)^mode = \w+$", f"mode = {mode}", conf, count=1)
+    assert count == 1, f"no mode line in {lab.CRASHUP_CONF}"
+    lab.CRASHUP_CONF.write_text(changed)
+    restart_daemon()
+    try:
+        yield
+    finally:
+        lab.CRASHUP_CONF.write_text(conf)
+        restart_daemon()
+
+
+# --- the notification bus ------------------------------------------------------------------------------------------
+
+EXCHANGE = "openstack"                      # crashup's control_exchange in the lab (the default)
+
+
+def bus_url(lab) -> str:
+    """The lab's transport URL as kombu takes it (amqp://): it holds the broker's password, never print it."""
+    return lab.TRANSPORT_URL_FILE.read_text().strip().replace("rabbit://", "amqp://", 1)
+
+
+def bus_connection(lab, timeout=2.0):
+    import kombu
+    conn = kombu.Connection(bus_url(lab), connect_timeout=timeout, transport_options={"max_retries": 0})
+    conn.connect()
+    return conn
+
+
+def _declare(channel, name, keys, durable):
+    """The control exchange as crashup and oslo make it (topic, not durable), and queue `name` bound to it with each
+    routing key. crashup's own default queues (notifications.info, .error) are not durable: declare them so."""
+    import kombu
+    exchange = kombu.Exchange(EXCHANGE, type="topic", durable=False, auto_delete=False)
+    queue = kombu.Queue(name, exchange=exchange, routing_key=keys[0], durable=durable, auto_delete=False)(channel)
+    queue.declare()
+    for key in keys[1:]:
+        queue.bind_to(exchange=EXCHANGE, routing_key=key)
+    return queue
+
+
+def declare_queue(lab, name, keys, durable=True):
+    """A queue of a consumer's own, bound before anything it must receive is published (a durable one keeps what
+    arrives while its consumer is not there yet)."""
+    with bus_connection(lab) as conn:
+        _declare(conn.channel(), name, list(keys), durable)
+
+
+def delete_queue(lab, name):
+    with contextlib.suppress(Exception), bus_connection(lab) as conn:
+        conn.channel().queue_delete(name)
+
+
+class BusTap:
+    """A kombu consumer of the lab's bus, in a thread, on queues {name: [routing keys]} declared and bound before
+    start() returns (nothing published after that is missed). After a broker restart it connects again (every
+    0.3 s) and declares and binds them again. Every delivery is kept: (arrival time, routing key, oslo message)."""
+
+    def __init__(self, lab, queues, *, durable=True, delete=True):
+        self.lab = lab
+        self.queues = {name: list(keys) for name, keys in queues.items()}
+        self.durable = durable
+        self.delete = delete                    # the queues are deleted by stop() (never crashup's default ones)
+        self.deliveries = []
+        self.errors = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        for name, keys in self.queues.items():
+            declare_queue(self.lab, name, keys, self.durable)
+        self._thread = threading.Thread(target=self._run, name="e2e-bus-tap", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        if self.delete:
+            for name in self.queues:
+                delete_queue(self.lab, name)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _run(self):
+        import socket
+        import kombu
+        while not self._stop.is_set():
+            try:
+                with bus_connection(self.lab) as conn:
+                    channel = conn.channel()
+                    queues = [_declare(channel, name, keys, self.durable) for name, keys in self.queues.items()]
+                    kombu.Consumer(channel, queues=queues, on_message=self._on_message, auto_declare=False).consume()
+                    while not self._stop.is_set():
+                        try:
+                            conn.drain_events(timeout=0.3)
+                        except (socket.timeout, TimeoutError):
+                            pass
+            except Exception as e:              # noqa: BLE001 - a broker that went away: connect again
+                self.errors.append(f"{type(e).__name__}: {e}")
+                self._stop.wait(0.3)
+
+    def _on_message(self, message):
+        import json
+        arrived = time.time()
+        try:
+            body = json.loads(message.body)
+            msg = json.loads(body["oslo.message"])
+        except (TypeError, ValueError, KeyError):
+            msg = {"unreadable": repr(message.body)[:200]}
+        with self._lock:
+            self.deliveries.append((arrived, message.delivery_info.get("routing_key"), msg))
+        message.ack()
+
+    def events(self):
+        """Each crashup event once (de-duplicated by its id, as a consumer must), at its first arrival, in arrival
+        order: [(arrival time, routing key, oslo message)]; the event is message["payload"]."""
+        with self._lock:
+            deliveries = list(self.deliveries)
+        seen, found = set(), []
+        for arrived, key, msg in deliveries:
+            event = msg.get("payload") if str(msg.get("event_type", "")).startswith("crashup.") else None
+            if isinstance(event, dict) and event.get("id") not in seen:
+                seen.add(event.get("id"))
+                found.append((arrived, key, msg))
+        return found
+
+    def first(self, type_, subject):
+        """(arrival time, routing key, message) of the first event of that type and subject, or None."""
+        return next((d for d in self.events() if d[2]["event_type"] == type_ and d[2]["payload"]["subject"] == subject),
+                    None)
+
+
+class GuestWatch:
+    """Every hypervisor's guests sampled in a thread (as often as the box answers, about every 0.2 s): a server of
+    `server_ids` found on two hypervisors at once is recorded in `doubles` (no VM may ever run twice)."""
+
+    def __init__(self, lab, server_ids):
+        self.box = lab.nova()
+        self.ids = set(server_ids)
+        self.doubles = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="e2e-guest-watch", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                guests = self.box.guests()
+            except Exception:                   # noqa: BLE001 - the box busy: sample again
+                self._stop.wait(0.2)
+                continue
+            self.samples += 1
+            for sid in self.ids:
+                hosts = sorted(h for h, ids in guests.items() if sid in ids)
+                if len(hosts) > 1:
+                    self.doubles.append((time.time(), sid, hosts))
+            self._stop.wait(0.2)

@@ -5,7 +5,9 @@ Printed as it happens, then a per-phase timeline. The lab is always brought down
 """
 from __future__ import annotations
 
+import datetime
 import subprocess
+import threading
 import time
 
 from tests.lab import lab, pacemaker
@@ -32,6 +34,41 @@ def validate_agents() -> None:
         say(f"  {target}: metadata {'valid' if lint.returncode == 0 else 'INVALID'} against {schema}")
 
 
+class BusWatch:
+    """When the lab has a notification bus: a consumer on it (what `crashup events --follow --bus` runs: a private
+    queue bound to notifications.*) in a thread, holding the first crashup.host.failed of `host` and when it came."""
+
+    def __init__(self, host: str):
+        self.host = host
+        self.arrived: tuple[float, dict] | None = None
+        self.error: str | None = None
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> "BusWatch | None":
+        from crashup_lib import config
+        cfg = config.load(str(lab.CRASHUP_CONF), env={})
+        if not cfg.transport_url_file:
+            return None
+        self.thread = threading.Thread(target=self._run, args=(cfg,), name="demo-bus", daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self, cfg) -> None:
+        from crashup_lib.events import bus as events_bus
+        try:
+            for event in events_bus.follow(cfg, self.stop):
+                if self.arrived is None and event["type"] == "crashup.host.failed" and event["subject"] == self.host:
+                    self.arrived = (time.time(), event)
+        except Exception as e:                  # noqa: BLE001 - the demo goes on without the bus
+            self.error = f"{type(e).__name__}: {e}"
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(5)
+
+
 def main() -> int:
     victim = lab.topology.Node(1)
     if lab.read_state():
@@ -40,6 +77,7 @@ def main() -> int:
     say("1. bringing the lab up: corosync + Pacemaker (ctl1), 3 compute nodes under pacemaker_remote, real nova, "
         "one IPMI BMC per node")
     timeline: list[tuple[str, float]] = []
+    bus: BusWatch | None = None
     try:
         t = lab.up()
         timeline.append(("lab up", t.total))
@@ -55,6 +93,21 @@ def main() -> int:
             conn.compute.wait_for_server(s, status="ACTIVE", interval=0.3, wait=120)
         timeline.append((f"{SERVERS} servers ACTIVE on {victim.name}", time.monotonic() - start))
         say(f"   {SERVERS} servers ACTIVE on {victim.name}: {', '.join(s.name for s in servers)}")
+
+        bus = BusWatch(victim.nova_host).start() if lab.read_state().get("transport_url_file") else None
+        said_bus = False
+
+        def bus_line() -> None:
+            nonlocal said_bus
+            if bus is None or said_bus or bus.arrived is None:
+                return
+            said_bus = True
+            at, event = bus.arrived
+            fenced_at = datetime.datetime.fromisoformat(event["payload"]["fenced_at"].replace("Z", "+00:00"))
+            delay = at - fenced_at.timestamp()
+            timeline.append(("fenced -> a consumer on the bus holds crashup.host.failed", delay))
+            say(f"   bus: crashup.host.failed ({len(event['payload']['instances'])} servers) held by a consumer on "
+                f"the notification bus {delay:.2f}s after the fencing")
 
         say(f"\n4. {victim.name} crashes (pacemaker-remoted and nova-compute die with the host)")
         since = time.time()
@@ -84,12 +137,18 @@ def main() -> int:
             if line != last:
                 say(line)
                 last = line
+            bus_line()
             if req is not None and req.fenced_at >= since and req.state == "done":
                 break
             if time.monotonic() - fenced > 180:
                 raise RuntimeError("recovery did not finish within 180s")
             time.sleep(1)
         recovered = time.monotonic()
+        while bus is not None and bus.arrived is None and bus.error is None and time.monotonic() - recovered < 5:
+            time.sleep(0.1)
+        bus_line()
+        if bus is not None and not said_bus:
+            say(f"   bus: no crashup.host.failed seen on the notification bus ({bus.error or 'not within 5s'})")
         timeline.append(("fenced -> every server ACTIVE elsewhere (repair + evacuate)", recovered - fenced))
         for s in conn.compute.servers(all_projects=True):
             if s.id in ids:
@@ -107,6 +166,8 @@ def main() -> int:
         say(f"   {victim.name} up and enabled in nova, online in Pacemaker; its hypervisor holds "
             f"{len(lab.nova().guests(victim.nova_host))} guests (the evacuated ones were destroyed)")
     finally:
+        if bus is not None:
+            bus.close()
         say("\n7. bringing the lab down")
         t = lab.down(quiet=True)
         timeline.append(("lab down", t.total))
