@@ -90,8 +90,8 @@ def delete_servers(lab):
 
 
 def tidy_up(lab):
-    """What tests/e2e/test_recovery.py's `tidy` does after each test, for other modules: faults cleared, daemon
-    enabled, every recovery closed (released if it does not end by itself), every node back, no servers."""
+    """After each e2e test that fails nodes: faults cleared, daemon enabled, every recovery closed (released if it
+    does not end by itself), every node back, no servers."""
     from crashup_lib.recovery import pipeline
     from tests.lab import pacemaker
     lab.nova().clear_faults()

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from crashup_lib import events
-from tests.e2e.scenario import (_epoch, boot, daemon_stopped, delete_servers, evacuations, journal, set_daemon,
-                                wait_request)
+from tests.e2e import scenario
+from tests.e2e.scenario import _epoch, boot, daemon_stopped, delete_servers, evacuations, journal, wait_request
 from tests.lab import pacemaker
 
 pytestmark = pytest.mark.lab
@@ -58,19 +58,7 @@ def tidy(lab):
     """Whatever a test did or failed to do: faults cleared, daemon enabled, every recovery closed, every node back,
     no servers. One failing test must not leave the next one a different lab."""
     yield
-    from crashup_lib.recovery import pipeline
-    lab.nova().clear_faults()
-    set_daemon(True, check=False)
-    for node in lab.nodes():
-        req = lab.recovery_request(node)
-        if req is not None and req.open:
-            try:
-                wait_request(lab, node, ("done", "released"), req.fenced_at, timeout=120)
-            except AssertionError:
-                pipeline.release(node.name)
-        lab.wait_rejoined(node)
-    pacemaker.wait_for(lab.all_online(lab.nodes()), 120, "every node online")
-    delete_servers(lab)
+    scenario.tidy_up(lab)
 
 
 # --- tests ---------------------------------------------------------------------------------------------------------
