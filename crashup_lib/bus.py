@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from crashup_lib import files, log
 from crashup_lib.config import ConfigError
@@ -348,19 +348,22 @@ class Link:
         return self.url.safe()
 
     def publish(self, exchange: str, routing_key: str, body: dict, *, queue: str | None = None,
-                message_id: str | None = None) -> None:
-        """Publish the JSON body to the exchange with the routing key (declaring the exchange, and `queue` bound
-        with that key, once per connection); returns when the broker confirmed it."""
+                message_id: str | None = None, durable_queues: Sequence[str] = ()) -> None:
+        """Publish the JSON body to the exchange with the routing key (declaring the exchange, `queue` (not durable,
+        as oslo's notifier makes it) and each of `durable_queues` bound with that key, once per connection);
+        returns when the broker confirmed it."""
         start = time.monotonic()
+        queues = ((queue, False),) if queue else ()
+        queues += tuple((name, True) for name in durable_queues)
         with self._lock:
             reused = self._conn is not None
             try:
-                self._call(lambda: self._publish(exchange, routing_key, body, queue, message_id), "publish")
+                self._call(lambda: self._publish(exchange, routing_key, body, queues, message_id), "publish")
             except Unreachable as e:    # a connection the broker dropped since (a restart): once more, anew
                 left = self.timeout - (time.monotonic() - start)
                 if not reused or isinstance(e, TimedOut) or left < 0.1:
                     raise
-                self._call(lambda: self._publish(exchange, routing_key, body, queue, message_id), "publish", left)
+                self._call(lambda: self._publish(exchange, routing_key, body, queues, message_id), "publish", left)
 
     def idle(self) -> None:
         """Between publishes: read what the broker sent (heartbeats) and send ours. A dead connection is dropped
@@ -404,18 +407,18 @@ class Link:
         self._channel = self._producer = None
         self._declared = set()
 
-    def _publish(self, exchange, routing_key, body, queue, message_id) -> None:
+    def _publish(self, exchange, routing_key, body, queues, message_id) -> None:
         if self._conn is None:
             self._conn = _connect(self.url, self.timeout, self.heartbeat, self._next)
         if self._channel is None:
             self._channel = self._conn.channel()
-        key = (exchange, queue, routing_key if queue else None)
-        if key not in self._declared:
-            import kombu
-            default = kombu.Queue(queue, durable=False, auto_delete=False) if queue else None
-            self._channel = _declare(self._conn, self._channel, exchange, default, [routing_key])
-            self._declared.add(key)
-            self._producer = None
+        for key in [(exchange, None, None)] + [(exchange, q, routing_key) for q in queues]:
+            if key not in self._declared:
+                import kombu
+                queue = kombu.Queue(key[1][0], durable=key[1][1], auto_delete=False) if key[1] else None
+                self._channel = _declare(self._conn, self._channel, exchange, queue, [routing_key] if queue else [])
+                self._declared.add(key)
+                self._producer = None
         if self._producer is None:
             import kombu
             self._producer = kombu.Producer(self._channel)

@@ -81,7 +81,11 @@ def _recover(args) -> int:
     if args.force and req.open:                  # past the storm guard or the notify hand-off, on purpose
         req = req.moved_to("recovering", "resumed by the operator")     # (moving clears the hold)
         cluster.write_request(req)
-    progress = daemon.Daemon(cfg, state_dir="/run/crashup", cluster=cluster).recovery().recover(req)
+    runner = daemon.Daemon(cfg, state_dir="/run/crashup", cluster=cluster)
+    try:
+        progress = runner.recovery().recover(req)
+    finally:
+        runner.close_emitter()                   # its events reach the bus (or wait in the outbox) before we exit
     print(progress.summary)
     return 0 if not progress.request.open or progress.waiting else 1
 

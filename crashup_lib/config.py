@@ -169,11 +169,11 @@ def words() -> Kind:
     return Kind("a comma- or space-separated list", parse, multiline=True)
 
 
-def names(pattern: str, allowed: str) -> Kind:
-    """A comma- or space-separated list of at least one name, each matching pattern."""
+def names(pattern: str, allowed: str, *, empty: bool = False) -> Kind:
+    """A comma- or space-separated list of names, each matching pattern: at least one unless `empty`."""
     def parse(raw: str) -> tuple[str, ...]:
         found = tuple(w for w in re.split(r"[,\s]+", raw.strip()) if w)
-        if not found or not all(re.fullmatch(pattern, w) for w in found):
+        if (not found and not empty) or not all(re.fullmatch(pattern, w) for w in found):
             raise ValueError(allowed)
         return found
     return Kind(allowed, parse, multiline=True)
@@ -276,6 +276,11 @@ OPTIONS: tuple[Option, ...] = (
                                                   "comma- or space-separated, at least one"), "notifications",
            "oslo.messaging's [oslo_messaging_notifications] topics: each event is published with the routing key "
            "<topic>.info or <topic>.error"),
+    Option("notification_queues", "events", names(r"[A-Za-z0-9_.:-]+", "queue names (letters, digits, _.:-), "
+                                                  "comma- or space-separated", empty=True), "",
+           "durable queues of consumers that must not miss an event (e.g. a custom recovery's): crashup declares "
+           "each and binds it to every routing key it publishes with, before it publishes; a broker restart drops "
+           "the exchange and every binding to it, and a consumer binds again only once it is back"),
     Option("control_exchange", "events", text(r"[A-Za-z0-9_.:-]+", "an exchange name (letters, digits, _.:-)"),
            "openstack", "the topic exchange notifications go to (oslo.messaging's control_exchange)"),
     Option("publish_timeout", "events", duration(0.1, 60), "2",

@@ -589,6 +589,38 @@ def test_the_sweep_closes_its_emitter_and_the_publisher_with_it(tmp_path, silent
     assert not made[0].sinks[1].publisher._thread.is_alive()
 
 
+def test_crashup_recover_closes_its_emitter_even_when_the_recovery_fails(tmp_path, silent_server, monkeypatch):
+    """`crashup recover` runs one recovery in the foreground: its publisher is stopped before the command ends, within
+    the daemon's bound, whatever the recovery did (what the broker did not take stays in the outbox)."""
+    import argparse
+    from crashup_lib import cli, pacemaker
+    from crashup_lib.recovery import daemon as recovery_daemon
+    path = write_url(tmp_path / "url", f"rabbit://crashup:{QUOTED}@127.0.0.1:{silent_server}/crashup\n")
+    cfg_path = conf(tmp_path, path, publish_timeout="0.3")
+    request = type("Req", (), {"open": True})()
+    monkeypatch.setattr(pacemaker, "Cluster", lambda: type("C", (), {"request": lambda self, node: request})())
+    emitters = []
+
+    class Failing:
+        def __init__(self, daemon):
+            self.daemon = daemon
+
+        def recover(self, req):
+            emitters.append(self.daemon.emitter())
+            emitters[-1].emit(event(subject="compute1"))
+            raise RuntimeError("nova went away")
+
+    monkeypatch.setattr(recovery_daemon.Daemon, "recovery", lambda self: Failing(self))
+    args = argparse.Namespace(config=cfg_path, node="compute1", force=False)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError):
+        cli._recover(args)
+    assert time.monotonic() - start < recovery_daemon.EMITTER_CLOSE + 1
+    publisher_ = emitters[0].sinks[1].publisher
+    assert not publisher_._thread.is_alive()
+    assert len(publisher_.outbox) == 1                               # the broker is silent: kept for the daemon
+
+
 # --- the example consumer ----------------------------------------------------------------------------------------------
 
 def load_consumer():
@@ -860,6 +892,54 @@ def test_a_broker_restart_is_one_lost_line_and_one_back_line_and_loses_no_event(
             follower.kill()
         if broker.state() != "running":
             broker.start()
+
+
+@needs_broker
+def test_a_consumers_own_queue_in_notification_queues_misses_nothing_across_a_broker_restart(tmp_path, broker):
+    """A broker restart drops the non-durable exchange and every binding to it: a consumer's durable queue named in
+    notification_queues is bound again by crashup's publisher before its next publish, so what crashup publishes
+    before the consumer is back reaches it; a queue not named there misses it (the reason for the option)."""
+    path = broker_conf(tmp_path, broker, notification_queues="e2e-own, e2e-own2", publish_timeout="1")
+    cfg = config.load(path, env={})
+    assert cfg.notification_queues == ("e2e-own", "e2e-own2")
+    url_ = bus.read_transport_url(cfg.transport_url_file)
+    sink = events_bus.from_config(cfg)
+    emitter = events.Emitter([sink])
+    got: dict[str, list] = {"e2e-own": [], "e2e-not-named": []}
+    try:
+        first = emitter.emit(event(subject="before"))
+        assert wait_for(lambda: len(sink.outbox) == 0, 15)
+        stop = threading.Event()
+        drain = threading.Thread(target=bus.consume, args=(url_, "openstack", ["notifications.*"],
+                                                           lambda b: None, stop),
+                                 kwargs={"queue": "e2e-not-named"}, daemon=True)
+        drain.start()                                              # declared and bound, then gone
+        assert wait_for(lambda: "e2e-not-named" in broker.ctl("list_queues", "-p", broker.vhost, "--quiet",
+                                                              "name").stdout.split(), 15)
+        stop.set()
+        drain.join(5)
+        broker.kill()
+        broker.start()                                             # the exchange and both queues' bindings are gone
+        after = emitter.emit(event(events.HOST_RECOVERED, subject="after"))
+        assert wait_for(lambda: len(sink.outbox) == 0, 30)
+        for name, into in got.items():                             # the consumers come back only now
+            stop = threading.Event()
+            reader = threading.Thread(target=bus.consume, args=(url_, "openstack", ["notifications.info"],
+                                                                lambda b, into=into: into.append(
+                                                                    events_bus.event_from_body(b)), stop),
+                                      kwargs={"queue": name}, daemon=True)
+            reader.start()
+            wait_for(lambda: after["id"] in [e["id"] for e in into if e], 3 if name == "e2e-not-named" else 15)
+            stop.set()
+            reader.join(5)
+        assert [e["id"] for e in got["e2e-own"]] == [first["id"], after["id"]]
+        assert after["id"] not in [e["id"] for e in got["e2e-not-named"] if e]
+    finally:
+        emitter.close(3)
+        if broker.state() != "running":
+            broker.start()
+        for name in ("e2e-own", "e2e-own2", "e2e-not-named"):
+            broker.ctl("delete_queue", "-p", broker.vhost, name)
 
 
 def test_a_bus_without_kombu_installed_is_a_configuration_error(tmp_path, monkeypatch):

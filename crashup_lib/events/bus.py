@@ -6,7 +6,9 @@ The notification (what oslo.messaging's Notifier sends, checked against its own 
     exchange  control_exchange (default "openstack"), a topic exchange
     key       "<topic>.<priority lower-case>" for each topic of notification_topics (default "notifications"),
               e.g. notifications.info; a queue of that name is made if missing, as oslo's notifier does, so that
-              nothing is lost before a listener exists
+              nothing is lost before a listener exists; and each queue of notification_queues (durable) is bound
+              with that key before the publish, so a consumer's own queue misses nothing across a broker restart
+              (a restart drops the non-durable exchange and its bindings)
     body      {"oslo.version": "2.0", "oslo.message": "<JSON text of the message>"}
     message   {"message_id": <the event's id>, "publisher_id": "crashup.<host>", "event_type": <the event's type>,
                "priority": "INFO" | "ERROR", "payload": <the crashup event, as events.schema.json defines it>,
@@ -123,18 +125,21 @@ def event_from_body(body: bytes | str | Mapping) -> dict | None:
 class Publisher:
     """The background thread that drains the outbox to the broker, in order (see the module's docstring).
 
-    link: a bus.Link (or anything with publish(exchange, key, body, queue=, message_id=), idle(), close(), where);
+    link: a bus.Link (or anything with publish(exchange, key, body, queue=, message_id=, durable_queues=), idle(),
+    close(), where); queues: the durable queues every key is bound to (notification_queues);
     relink: called after the broker refused the credentials or access, to read the transport URL again (a fixed
     file is taken without a restart); returns a new link, or None to keep the old one.
     """
 
     def __init__(self, outbox: Outbox, link, *, exchange: str = "openstack",
-                 topics: Sequence[str] = ("notifications",), relink: Callable[[], Any] | None = None,
-                 backoff: tuple[float, float] = BACKOFF, poll: float = POLL, heartbeat_every: float = 10.0):
+                 topics: Sequence[str] = ("notifications",), queues: Sequence[str] = (),
+                 relink: Callable[[], Any] | None = None, backoff: tuple[float, float] = BACKOFF, poll: float = POLL,
+                 heartbeat_every: float = 10.0):
         self.outbox = outbox
         self.link = link
         self.exchange = exchange
         self.topics = tuple(topics)
+        self.queues = tuple(queues)
         self.relink = relink
         self.backoff = backoff
         self.poll = poll
@@ -240,7 +245,8 @@ class Publisher:
                 continue
             try:
                 for key in routing_keys(self.topics, str(event["type"])):
-                    self.link.publish(self.exchange, key, envelope(event), queue=key, message_id=str(event["id"]))
+                    self.link.publish(self.exchange, key, envelope(event), queue=key, message_id=str(event["id"]),
+                                      **({"durable_queues": self.queues} if self.queues else {}))
             except broker.BusError as e:
                 return e
             except Exception as e:          # noqa: BLE001 - an event that cannot be sent (not JSON-able)
@@ -350,7 +356,8 @@ def from_config(cfg: Mapping[str, Any], *, start: bool = True) -> BusSink | None
         _log.info("events bus: transport_url_file changed: trying %s", fresh.safe())
         return broker.Link(fresh, timeout)
     publisher = Publisher(Outbox(directory), broker.Link(url, timeout),
-                          exchange=cfg.get("control_exchange") or "openstack", topics=topics, relink=relink)
+                          exchange=cfg.get("control_exchange") or "openstack", topics=topics,
+                          queues=tuple(cfg.get("notification_queues") or ()), relink=relink)
     if start:
         publisher.start()
     return BusSink(publisher.outbox, publisher)

@@ -62,14 +62,20 @@ class Daemon:
 
     def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        emitter = self.emitter()                  # now: the bus's outbox is replayed from the start
+        self.emitter()                            # now: the bus's outbox is replayed from the start
         try:
             self._watch()
         finally:
-            close = getattr(emitter, "close", None)
-            if callable(close) and close(EMITTER_CLOSE) is False:
-                LOG.warning("events: delivery still going on after %gs at stop; the bus's outbox keeps the rest",
-                            EMITTER_CLOSE)
+            self.close_emitter()
+
+    def close_emitter(self) -> None:
+        """Stop the events' deliveries within EMITTER_CLOSE seconds (what the bus did not take stays in its outbox)."""
+        with self._emitter_lock:
+            emitter, self._emitter = self._emitter, None
+        close = getattr(emitter, "close", None)
+        if callable(close) and close(EMITTER_CLOSE) is False:
+            LOG.warning("events: delivery still going on after %gs at stop; the bus's outbox keeps the rest",
+                        EMITTER_CLOSE)
 
     def _watch(self) -> None:
         LOG.info("recovery daemon started (mode %s, watching the CIB every %gs)", self.cfg.mode, WATCH_INTERVAL)

@@ -4,8 +4,9 @@ failed host's servers its own way, then releases the host.
 
 With crashup in mode `notify`, a fenced host's servers are left where they are and crashup publishes
 `crashup.host.failed` (INFO) on the notification bus; the host stays down until `crashup release NODE`. This consumer:
-  1. receives the notification on a queue of its own (durable: what is published while it is away waits for it),
-     and drops one it has already handled (by the event's id: delivery is at least once);
+  1. receives the notification on a queue of its own (durable: what is published while it is away waits for it;
+     name it in crashup.conf's [events] notification_queues so crashup binds it again itself after a broker
+     restart), and drops one it has already handled (by the event's id: delivery is at least once);
   2. decides: only the servers that were ACTIVE are evacuated, each to the up and enabled compute host that has
      the fewest servers (counting those it just placed); SHUTOFF and ERROR servers stay for their owners;
   3. evacuates them through crashup's nova client (a server already off the failed host is skipped: running it

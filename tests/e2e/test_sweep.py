@@ -1,7 +1,8 @@
 """The CrashUp sweep in the real lab: instances stuck in a task in nova's own cell database (made by nova's
 migrations, written by the running nova), observed through real backends (nova's service heartbeat, the node's BMC
 over IPMI) and the lab's hypervisor (nova's fake driver, tests/lab/hypervisor.py), fixed through nova's API or a
-compare-and-swap on that database.
+compare-and-swap on that database. Its events (stale_recovered, stale_unrecoverable, orphaned) reach the lab's
+notification bus as the journal has them.
 
 Stuck states are written to the database (the lab cannot hold a real task open: its fake driver finishes every task
 at once, and a compute that is not there makes nova refuse most actions)."""
@@ -15,10 +16,13 @@ import pytest
 
 from crashup_lib import config, health, nova
 from crashup_lib import events
+from crashup_lib.events import bus as events_bus
 from crashup_lib.sweep import fix, wiring
+from crashup_lib.sweep.orphans import NovaOrphans
 from crashup_lib.sweep.scan import cutoff
 from crashup_lib.sweep.sweep import sweep_once
-from tests.e2e.scenario import boot, delete_servers, journal
+from tests.e2e.scenario import BusTap, boot, delete_servers, journal
+from tests.helpers import wait_for
 from tests.lab import pacemaker, topology
 from tests.lab.hypervisor import FakeHypervisorBackend
 
@@ -41,12 +45,18 @@ def sweep_config(lab, **extra):
     return config.load(str(lab.CRASHUP_CONF), overrides=overrides, env={})
 
 
-def sweep(lab, cfg, routes, *, dry_run=False):
+def sweep(lab, cfg, routes, *, dry_run=False, finders=None):
+    """One sweep with the lab's configuration: its events go to the journal and the bus (the emitter is closed after,
+    as the sweep's daemon does at its stop)."""
     said = []
     emitter = None if dry_run else events.Emitter.from_config(cfg)
-    result = sweep_once(wiring.sweepers_from_config(cfg), health.Collector.from_config(cfg, routes),
-                        emitter, stale_period=cfg.recovery_stale_period, dry_run=dry_run,
-                        say=said.append)
+    try:
+        result = sweep_once(wiring.sweepers_from_config(cfg), health.Collector.from_config(cfg, routes),
+                            emitter, stale_period=cfg.recovery_stale_period, dry_run=dry_run,
+                            say=said.append, finders=finders)
+    finally:
+        if emitter is not None:
+            emitter.close(10)
     return result, said
 
 
@@ -177,3 +187,41 @@ def test_an_unreachable_host_is_retried_then_acted_on(lab):
     finally:
         subprocess.run(ban + ["--clear"], check=True, capture_output=True, timeout=60)
     lab.wait_rejoined(node)
+
+
+SWEEP_EVENTS = (events.RESOURCE_STALE_RECOVERED, events.RESOURCE_STALE_UNRECOVERABLE, events.RESOURCE_ORPHANED)
+
+
+def test_the_sweeps_events_reach_the_bus_as_the_journal_has_them(lab):
+    """A fix, an alert and an orphan in one sweep: each event on the bus once, equal to the journal's, at its priority
+    (an unrecoverable resource is an ERROR notification), in the journal's order."""
+    here, there = lab.node("compute2").nova_host, lab.node("compute3").nova_host
+    ids, conn, box = stuck_pair(lab, here, 4, "sweepbus")                  # reset (running) and CAS (shut off)
+    # nova places ids[2] on the other host, where no guest runs: the reboot cannot finish (error, an alert)
+    box.set_instance_db(ids[2], task_state="rebooting", host=there, node=there, updated_at=ago(3600))
+    # nova places ids[3] on the other host with no task: its guest here is an orphan (reported, never touched)
+    box.set_instance_db(ids[3], host=there, node=there)
+    hypervisor = FakeHypervisorBackend(box)
+    since = datetime.datetime.now().timestamp()
+    try:
+        with BusTap(lab, {"e2e-sweep-bus": ["notifications.*"]}) as tap:
+            result, _ = sweep(lab, sweep_config(lab), {"nova": [hypervisor]}, finders={"nova": NovaOrphans(hypervisor)})
+            evs = [e for e in journal(lab, since) if e["type"] in SWEEP_EVENTS]
+            wait_for("the sweep's events on the bus", lambda: {m["payload"]["id"] for _, _, m in tap.events()} >=
+                     {e["id"] for e in evs}, 20, 0.1)
+            got = [m for _, _, m in tap.events() if m["payload"]["id"] in {e["id"] for e in evs}]
+    finally:
+        for sid in ids[2:]:                                            # back where its guest is, for the clean-up
+            box.set_instance_db(sid, task_state=None, host=here, node=here)
+    # the orphan pass runs after the fixes: ids[2], in error now with no task, is an orphan here too
+    assert result.counts == {"reset": 1, "cas-update": 1, "error": 1} and result.orphans == 2, result.summary()
+    assert sorted((e["type"], e["payload"]["id"]) for e in evs) == sorted([
+        (events.RESOURCE_STALE_RECOVERED, ids[0]), (events.RESOURCE_STALE_RECOVERED, ids[1]),
+        (events.RESOURCE_STALE_UNRECOVERABLE, ids[2]), (events.RESOURCE_ORPHANED, ids[2]),
+        (events.RESOURCE_ORPHANED, ids[3])])
+    assert [m["payload"] for m in got] == evs                         # once each, as in the journal, in its order
+    for msg in got:
+        event = msg["payload"]
+        assert (msg["message_id"], msg["event_type"]) == (event["id"], event["type"])
+        assert msg["priority"] == events_bus.priority(event["type"])
+    assert {m["payload"]["type"]: m["priority"] for m in got}[events.RESOURCE_STALE_UNRECOVERABLE] == "ERROR"

@@ -4,7 +4,8 @@ The lab's computes run nova's fake virt driver inside the nova box, so there is 
 the same fake hypervisor nova-compute drives (GET /novabox/computes/<host>/guests) and answers like
 crashup_lib.health.LibvirtBackend does for a real host: running / paused / suspended / shut_off from the guest's
 power state, absent when the hypervisor does not hold it, unknown when the host's nova-compute (the lab's stand-in
-for libvirtd) is not running. It keeps the health.Backend contract, so the sweep under test is the real one.
+for libvirtd) is not running. It keeps the health.Backend contract, so the sweep under test is the real one; and it
+lists a host's guests as health.LibvirtBackend does (`uri`, `list_guests`), for the sweep's orphan pass.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from crashup_lib.rules import ABSENT, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKN
 # the box names the fake driver's nova.compute.power_state per guest; read as nova reads libvirt's (health/realities.py)
 POWER_REALITIES = {"running": RUNNING, "paused": PAUSED, "shutdown": SHUT_OFF, "crashed": SHUT_OFF,
                    "suspended": SUSPENDED}
+#: the same power states in libvirt's words (health.LIBVIRT_STATE_NAMES), as a listing of a real host shows them
+LIBVIRT_STATES = {"running": "running", "paused": "paused", "shutdown": "shutoff", "crashed": "crashed",
+                  "suspended": "pmsuspended"}
 
 
 class FakeHypervisorBackend:
@@ -35,3 +39,15 @@ class FakeHypervisorBackend:
             return health.Observation(ABSENT, f"{resource.host}: no guest {resource.id}", self.name)
         reality = POWER_REALITIES.get(power, UNKNOWN)
         return health.Observation(reality, f"{resource.host}: guest power state {power}", self.name)
+
+    def uri(self, host: str) -> str:
+        """One hypervisor per nova host, as a libvirt URI with {host} gives."""
+        return f"lab+novabox://{host}"
+
+    def list_guests(self, host: str) -> list[health.Guest]:
+        """The guests the host's fake hypervisor holds; HealthError when it does not answer (unknown, not empty)."""
+        view = self.box.control("GET", f"computes/{host}/guests")
+        if not view.get("running"):
+            raise health.HealthError(f"{host}: hypervisor not answering")
+        return [health.Guest(uuid, uuid, LIBVIRT_STATES.get(power, "nostate"))
+                for uuid, power in sorted(view.get("power_states", {}).items())]
