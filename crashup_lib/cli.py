@@ -63,9 +63,17 @@ def _status(args) -> int:
 def _plan(args) -> int:
     from crashup_lib import nova
     from crashup_lib.recovery import pipeline
+    from crashup_lib import cinder
     cfg = _load(args)
     client = nova.Nova.from_config(cfg)
-    the_plan = pipeline.plan_for_host(client, args.host, cfg, target_host=args.target, skip_error=args.skip_error)
+    block_storage = None
+    if cfg.volume_checks:                       # the volumes each server has (unreadable: the plan shows ?)
+        try:
+            block_storage = cinder.CinderApi.from_config(cfg)
+        except cinder.CinderError as e:
+            print(f"crashup: volumes not read: {e}", file=sys.stderr)
+    the_plan = pipeline.plan_for_host(client, args.host, cfg, target_host=args.target, skip_error=args.skip_error,
+                                      cinder=block_storage)
     print(json.dumps(the_plan.to_dict(), indent=2) if args.json else the_plan.render())
     return 0
 

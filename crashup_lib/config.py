@@ -248,6 +248,14 @@ OPTIONS: tuple[Option, ...] = (
            "evacuated instances keep the power state they had (nova >= 2.95 would leave them stopped)"),
     Option("reserved_hosts", "evacuation", words(), "",
            "hosts to evacuate to, in order of preference; empty lets nova's scheduler choose"),
+    Option("evacuate_local_disk", "evacuation", BOOLEAN, "yes",
+           "evacuate instances whose disk is local to the failed host (not a volume, not on an aggregate with "
+           "metadata crashup:shared_storage=true): nova rebuilds them from their images and their disk's data is "
+           "lost (the plan warns); no: they stay on the host, which is still let back, and come back with it"),
+    Option("volume_checks", "evacuation", BOOLEAN, "yes",
+           "read cinder (the block-storage endpoint of the cloud) around each evacuation: repair a volume left "
+           "attaching/detaching by the failed host first, check each volume is attached on the new host after; "
+           "no: volumes are not read (a cloud without cinder)"),
     # reaching OpenStack
     Option("cloud", "openstack", text(r"[^\s]+", "a clouds.yaml entry name"), "crashup",
            "the clouds.yaml entry crashup uses (credentials stay in clouds.yaml/secure.yaml)"),
@@ -303,6 +311,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("glance_datadirs", "sweep", words(), "/var/lib/glance/images",
            "glance's filesystem_store_datadir(s), where the sweep checks an image's data; empty: images are not "
            "observed, hence never changed"),
+    Option("cinder_volume_dirs", "sweep", words(), "",
+           "where a file-backed cinder store keeps its volumes as volume-<id> files (the NFS driver's share mount "
+           "points): the sweep checks there that a volume stuck in a task (creating, deleting, extending, ...) "
+           "exists, and asks cinder's os-services whether its cinder-volume is up; volumes stuck attaching or "
+           "detaching are checked on the instance's host instead (nova's heartbeat, the guest's disks through "
+           "libvirt_uri); empty: volumes are not observed, hence never changed"),
+    Option("cinder_backup_dirs", "sweep", words(), "",
+           "cinder's posix or NFS backup store (backup_posix_path, the share's mount point), where the sweep "
+           "checks a backup stuck in a task, with cinder-backup's heartbeat; empty: backups are not observed, "
+           "hence never changed"),
     # logging
     Option("debug", "logging", BOOLEAN, "no", "log debug messages"),
 )

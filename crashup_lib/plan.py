@@ -1,17 +1,14 @@
 """Which instances of a failed compute host to evacuate, in what order, to where: a Plan, as plain data.
 
-Pure: no I/O, no clock, no randomness. The same input gives the same Plan, which is what `crashup plan HOST`
-prints as a dry run and what the evacuator runs. Inputs are nova's own records (crashup_lib.nova's Server,
-Aggregate, Service), as the client returns them.
-
-    plan = build_plan("compute-1", nova.servers_on_host("compute-1"), aggregates=nova.aggregates(),
-                      services=nova.services(), policy=Policy.from_config(cfg), microversion="2.95")
-    print(plan.render())
-    for wave in plan.waves:            # waves run one after the other; the steps of a wave may run concurrently
-        for step in wave.steps: ...
+Pure: no I/O, no clock, no randomness: the same input gives the same Plan, which `crashup plan HOST` prints as a
+dry run and the evacuator runs (wave after wave, a wave's steps concurrently). Inputs: nova's records (nova.Server,
+Aggregate, Service) as the client returns them, and each server's volume ids as cinder has them (None: not known).
 
 The rules, in the order they apply (each is also a table of data below):
 
+0. Storage (what the evacuation keeps): VOLUME when nova shows no image (boot from volume); SHARED when an aggregate
+   of the failed host has metadata `crashup:shared_storage` true-ish (NFS, Ceph ephemeral: nova >= 2.14 finds it
+   itself, the key tells crashup); else LOCAL: rebuilt from its image, its disk's data lost (a note warns).
 1. Skip (SKIP_RULES, first match wins; `Skip.code` is machine-readable):
    already_moved   the instance's host is no longer the failed host: nova is the ledger (its host and evacuation
                    migration records), so a resumed plan never evacuates an instance twice
@@ -22,6 +19,7 @@ The rules, in the order they apply (each is also a table of data below):
    error           vm_state error and Policy.skip_error (otherwise ERROR instances are evacuated)
    opted_out       server metadata `<tag>` is false-ish: the owner opted out, this wins over every tag
    not_tagged      tagging is in use (see 2) and nothing tags this instance
+   local_disk      LOCAL (see 0) and Policy.evacuate_local_disk off: it stays, and is back with its host
 2. Evacuable (TAG_SOURCES): an instance is tagged when, with `<tag>` = Policy.evacuable_tag,
      server metadata `<tag>` is true-ish | server tag `<tag>` | flavor extra spec `<tag>`,
      `aggregate_instance_extra_specs:<tag>`, `trait:<tag>` or `trait:CUSTOM_<TAG>` is true-ish (traits:
@@ -56,6 +54,7 @@ ValueError whose message is one line an operator can act on.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 from typing import Any, Iterable, Mapping
 
@@ -63,15 +62,22 @@ from crashup_lib import nova
 from crashup_lib import repair
 from crashup_lib.words import FALSE_WORDS, TRUE_WORDS
 
-__all__ = ["PlanError", "Policy", "EvacuationStep", "Skip", "Wave", "Plan", "build_plan", "PRIORITY_KEY",
-           "GROUP_KEY", "SKIP_RULES", "TAG_SOURCES", "AFTER_ACTIONS", "PREPARE_ACTIONS"]
+__all__ = ["PlanError", "Policy", "Storage", "EvacuationStep", "Skip", "Wave", "Plan", "build_plan", "PRIORITY_KEY",
+           "GROUP_KEY", "SHARED_STORAGE_KEY", "SKIP_RULES", "TAG_SOURCES", "AFTER_ACTIONS", "PREPARE_ACTIONS"]
 
 PRIORITY_KEY = "crashup:priority"
 GROUP_KEY = "crashup:group"
+SHARED_STORAGE_KEY = "crashup:shared_storage"
 PLAN_VERSION = 1
 AFTER_ACTIONS = ("none", "start", "stop")
 PREPARE_ACTIONS = ("none", "reset-active", "reset-error")
 SCHEDULER = "(scheduler)"             # how render() shows a step without a fixed target
+
+
+class Storage(enum.StrEnum):              # what an evacuation keeps of a server's disk (rule 0)
+    VOLUME = "volume"              # boot from volume: cinder keeps it, nova attaches it on the new host
+    SHARED = "shared"              # instance storage the new host sees too: nova reuses the disk
+    LOCAL = "local"                # only on the failed host: rebuilt from the image, its data lost
 
 
 class PlanError(ValueError):
@@ -98,6 +104,7 @@ class Policy:
     keep_power_state: bool = True
     skip_error: bool = False
     target_host: str | None = None
+    evacuate_local_disk: bool = True
 
     def __post_init__(self):
         if not self.evacuable_tag:
@@ -109,7 +116,8 @@ class Policy:
     def from_config(cls, cfg: Mapping[str, Any], *, skip_error: bool = False,
                     target_host: str | None = None) -> "Policy":
         return cls(evacuable_tag=cfg["evacuable_tag"], reserved_hosts=tuple(cfg["reserved_hosts"]),
-                   keep_power_state=bool(cfg["keep_power_state"]), skip_error=skip_error, target_host=target_host)
+                   keep_power_state=bool(cfg["keep_power_state"]), skip_error=skip_error, target_host=target_host,
+                   evacuate_local_disk=bool(cfg.get("evacuate_local_disk", True)))
 
 
 # --- outputs -------------------------------------------------------------------------------------------------------
@@ -129,6 +137,8 @@ class EvacuationStep:
     wave: int                      # index into Plan.waves
     project_id: str = ""
     state: str = ""                # vm_state it had when planned
+    storage: Storage = Storage.LOCAL
+    volumes: tuple[str, ...] | None = None   # ids of the volumes cinder attaches to it (None: not known)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -212,6 +222,10 @@ class Plan:
             lines += ["", "Skipped:"] + _table(("NAME", "ID", "CODE", "REASON"), rows)
         if self.notes:
             lines += ["", "Notes:"] + [f"  - {n}" for n in self.notes]
+        if self.steps:                  # DISK: what the evacuation keeps; VOLUMES ?: cinder not asked or not heard
+            rows = [(s.name or "-", s.server_id, s.storage, "?" if s.volumes is None else " ".join(s.volumes) or "-")
+                    for s in self.steps]
+            lines += ["", "Disks:"] + _table(("NAME", "ID", "DISK", "VOLUMES"), rows)
         return "\n".join(lines) + "\n"
 
 
@@ -242,6 +256,7 @@ class _Facts:
     filter_mode: str
     tagged_by: str | None          # the first tag source, or None
     opted_out: bool
+    local_lost: bool               # LOCAL, and Policy.evacuate_local_disk is off
 
 
 #: (code, predicate, reason) in order; the first match skips the instance
@@ -260,6 +275,8 @@ SKIP_RULES: tuple[tuple[str, Any, Any], ...] = (
      lambda f: f"opted out: server metadata {f.tag}={f.server.metadata.get(f.tag)}"),
     ("not_tagged", lambda f: f.filter_mode == "tagged" and f.tagged_by is None,
      lambda f: "not tagged (tagging is in use on this host)"),
+    ("local_disk", lambda f: f.local_lost,
+     lambda f: "local disk and evacuate_local_disk is off: it stays and comes back with the host"),
 )
 
 
@@ -386,7 +403,7 @@ def _targets(failed_host: str, hosts: dict[str, str], policy: Policy) -> tuple[t
 
 def build_plan(failed_host: str, servers: Iterable[nova.Server], *, aggregates: Iterable[nova.Aggregate] = (),
                services: Iterable[nova.Service] = (), policy: Policy | None = None, microversion: str | None = None,
-               filter_mode: str | None = None) -> Plan:
+               filter_mode: str | None = None, volumes: Mapping[str, Iterable[str]] | None = None) -> Plan:
     """Plan the evacuation of `failed_host` (nova's service host name). See the module docstring for the rules.
 
     servers: the servers nova has on the host (plus, optionally, those already evacuated from it).
@@ -394,6 +411,7 @@ def build_plan(failed_host: str, servers: Iterable[nova.Server], *, aggregates: 
     other binaries are ignored; the failed host's may be included).
     microversion: the compute API microversion evacuations will use (None: the latest).
     filter_mode: "tagged" or "all" to override the automatic choice (e.g. the first plan's, when resuming).
+    volumes: server id -> ids of its volumes, for the servers cinder answered about (others: not known).
     """
     if not failed_host:
         raise PlanError("no failed host named")
@@ -420,6 +438,9 @@ def build_plan(failed_host: str, servers: Iterable[nova.Server], *, aggregates: 
     targets, notes = _targets(failed_host, host_states, policy)
 
     tagged_aggregates = [a.name for a in aggs if tag in a.metadata and _is_true(a.metadata[tag])]
+    shared = any(_is_true(a.metadata.get(SHARED_STORAGE_KEY)) for a in aggs)
+    storage = {s.id: Storage.VOLUME if s.image_id is None else Storage.SHARED if shared else Storage.LOCAL
+               for s in servers}
     tagged_by = {s.id: _tagged_by(s, tag) for s in servers}
     if tagged_aggregates:
         for server in servers:
@@ -436,7 +457,8 @@ def build_plan(failed_host: str, servers: Iterable[nova.Server], *, aggregates: 
     for server in servers:
         facts = _Facts(server=server, state=state[server.id], failed_host=failed_host, tag=tag,
                        skip_error=policy.skip_error, filter_mode=filter_mode, tagged_by=tagged_by[server.id],
-                       opted_out=tag in server.metadata and _is_false(server.metadata[tag]))
+                       opted_out=tag in server.metadata and _is_false(server.metadata[tag]),
+                       local_lost=storage[server.id] is Storage.LOCAL and not policy.evacuate_local_disk)
         for code, applies, reason in SKIP_RULES:
             if applies(facts):
                 skipped.append(Skip(server.id, server.name, code, reason(facts)))
@@ -479,10 +501,17 @@ def build_plan(failed_host: str, servers: Iterable[nova.Server], *, aggregates: 
             parts.append(f"start after: it was ACTIVE, nova {shown_mv} leaves it SHUTOFF")
         elif after == "stop":
             parts.append(f"stop after: it was SHUTOFF, nova {shown_mv} leaves it ACTIVE")
+        if storage[inst.id] is Storage.LOCAL:
+            parts.append("local disk: rebuilt from its image, its data is lost")
+        vols = (volumes or {}).get(inst.id)
         steps.append(EvacuationStep(server_id=inst.id, name=inst.name, priority=prio, group=group_of[inst.id],
                                     target=targets[n % len(targets)] if targets else None, after=after,
                                     prepare=prepare, reason="; ".join(parts), wave=wave_of[prio],
-                                    project_id=inst.project_id or "", state=state[inst.id]))
+                                    project_id=inst.project_id or "", state=state[inst.id], storage=storage[inst.id],
+                                    volumes=None if vols is None else tuple(vols)))
+    if any(s.storage is Storage.LOCAL for s in steps):
+        notes.append(f"warning: {sum(s.storage is Storage.LOCAL for s in steps)} to evacuate have a local disk: "
+                     "rebuilt from their images, their data is lost (evacuate_local_disk = yes)")
 
     waves = tuple(Wave(index=wave_of[p], priority=p, steps=tuple(s for s in steps if s.priority == p))
                   for p in priorities)

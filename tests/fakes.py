@@ -1,14 +1,16 @@
-"""The two worlds crashup's recovery talks to, faked once for every unit test: the cluster (pacemaker.Cluster) and
-nova (nova.Nova). Each fake has only methods of the real class, with the same parameters (test_pipeline.py checks
-it), and answers with the real records (pacemaker.RecoveryRequest, FenceEvent, Node; nova.Server, Service, Migration,
-Aggregate), so code that works against a fake works against the real thing."""
+"""The worlds crashup's recovery talks to, faked once for every unit test: the cluster (pacemaker.Cluster), nova
+(nova.Nova) and cinder (cinder.CinderApi, the calls recovery makes). Each fake has only methods of the real class,
+with the same parameters (test_pipeline.py and test_storage_recovery.py check it; FakeCinder adds the levers of its
+fake world), and answers with the real records (pacemaker.RecoveryRequest, FenceEvent, Node; nova.Server, Service,
+Migration, Aggregate; cinder.Volume, Attachment, VolumeService), so code that works against a fake works against the
+real thing."""
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import itertools
 
-from crashup_lib import nova, pacemaker
+from crashup_lib import cinder, nova, pacemaker
 
 COMPUTES = ("compute1", "compute2", "compute3")
 
@@ -76,7 +78,8 @@ class FakeNova:
     starts, stops); `failures[method] = exception` makes a method raise it."""
     timeout = 1.0
 
-    def __init__(self, servers=(), *, hosts=COMPUTES, up=None, aggregates=()):
+    def __init__(self, servers=(), *, hosts=COMPUTES, up=None, aggregates=(), cinder=None):
+        self.cinder = cinder                 # a FakeCinder: evacuate() moves the server's volumes as nova does
         self._servers = {s.id: s for s in servers}
         self.hosts = tuple(hosts)
         self.up = tuple(hosts if up is None else up)
@@ -125,6 +128,12 @@ class FakeNova:
         target = target_host or next(h for h in self.up if h != found.host)
         stopped = nova.evacuate_leaves_stopped(microversion or nova.EVACUATE_STOPPED) or found.vm_state == "stopped"
         now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        if self.cinder is not None and not self.cinder.server_moved(server_id, target):
+            # cinder refused a new attachment (a volume attaching/detaching): nova's rebuild fails, ERROR
+            self._migrations.insert(0, nova.Migration(next(self._ids), server_id, found.host, target, "failed",
+                                                      "evacuation", now, now))
+            self._update(server_id, status="ERROR", vm_state="error", task_state=None)
+            return
         self._migrations.insert(0, nova.Migration(next(self._ids), server_id, found.host, target, "done", "evacuation",
                                                   now, now))
         self._update(server_id, host=target, task_state=None, status="SHUTOFF" if stopped else "ACTIVE",
@@ -154,3 +163,99 @@ class FakeNova:
     def aggregates(self):
         self._fail("aggregates")
         return list(self._aggregates)
+
+
+def volume(vid, *, status="in-use", host="ctl1@lvm#pool", bootable=False, multiattach=False, **fields):
+    """A cinder.Volume as the admin API shows it, without attachments (FakeCinder adds them from its records)."""
+    return cinder.Volume(id=vid, status=status, attach_status=fields.pop("attach_status", None),
+                         migration_status=fields.pop("migration_status", None), host=host, bootable=bootable,
+                         size=fields.pop("size", 1), multiattach=multiattach, **fields)
+
+
+class FakeCinder:
+    """cinder.CinderApi over in-memory volumes and attachment records (any status). attach() makes a record;
+    server_moved() is what nova's evacuation does (a new attachment on the new host, the old one deleted; refused
+    unless cinder's _attachment_reserve would allow it). reset_status() acts as cinder's os-reset_status (detached
+    drops the records). `failures[method] = exception` makes a method raise it; `calls` logs every call."""
+    timeout = 1.0
+
+    def __init__(self, volumes=()):
+        self._volumes = {v.id: v for v in volumes}
+        self.records: list[cinder.Attachment] = []
+        self.resets: list[tuple[str, str, dict]] = []
+        self.calls: list[tuple[str, str]] = []
+        self.failures: dict[str, Exception] = {}
+        self.moves_to_settle = 0          # server_moved() leaves the old record for this many volume() reads
+        self._lagging: list[cinder.Attachment] = []
+        self._ids = itertools.count(1)
+
+    def _call(self, call, target):
+        self.calls.append((call, target))
+        if call in self.failures:
+            raise self.failures[call]
+
+    def attach(self, volume_id, server_id, host, status="attached"):
+        self.records.append(cinder.Attachment(f"att-{next(self._ids)}", server_id, host, "2026-01-01T00:00:00",
+                                              volume_id, status))
+
+    def _shown(self, v):
+        if self._lagging and self.moves_to_settle > 0:
+            self.moves_to_settle -= 1
+        elif self._lagging:
+            self.records = [r for r in self.records if r not in self._lagging]
+            self._lagging = []
+        attached = tuple(r for r in self.records if r.volume_id == v.id and r.status == "attached")
+        return dataclasses.replace(v, attachments=attached, attach_status="attached" if attached else "detached")
+
+    # -- the calls recovery makes --------------------------------------------------------------------------------
+    def volume(self, volume_id):
+        self._call("volume", volume_id)
+        v = self._volumes.get(volume_id)
+        return None if v is None else self._shown(v)
+
+    def volumes(self, **filters):
+        self._call("volumes", ",".join(f"{k}={v}" for k, v in sorted(filters.items())))
+        return [self._shown(v) for v in self._volumes.values()
+                if all(getattr(v, k, None) == want for k, want in filters.items())]
+
+    def attachments(self, server_id):
+        self._call("attachments", server_id)
+        return [dataclasses.replace(r, host_name=None) for r in self.records if r.server_id == server_id]
+
+    def volumes_of(self, server_id):
+        self._call("volumes_of", server_id)
+        ids = dict.fromkeys(r.volume_id for r in self.records if r.server_id == server_id)
+        return [self._shown(self._volumes[i]) for i in ids if i in self._volumes]
+
+    def services(self, binary=None):
+        self._call("services", binary or "all")
+        svc = cinder.VolumeService("cinder-volume", "ctl1@lvm", "nova", "enabled", "up", None)
+        return [svc] if binary in (None, svc.binary) else []
+
+    def reset_status(self, kind, resource_id, values):
+        self._call("reset_status", resource_id)
+        self.resets.append((kind, resource_id, dict(values)))
+        v = self._volumes[resource_id]
+        if values.get("status") == "in-use" and not any(r.volume_id == resource_id for r in self.records):
+            raise cinder.CinderError("reset_status", resource_id, "HTTP 400: Cannot reset-state to in-use because "
+                                     "volume does not have any attachments.", 400)
+        if values.get("attach_status") == "detached":
+            self.records = [r for r in self.records if r.volume_id != resource_id]
+        self._volumes[resource_id] = dataclasses.replace(v, status=values.get("status", v.status))
+
+    # -- what nova's evacuation does to them ---------------------------------------------------------------------
+    def server_moved(self, server_id, host) -> bool:
+        """A new attachment on `host` for each volume of the server, the old one deleted; False (nothing changed)
+        when cinder refuses one (status neither available nor in-use/reserved with a record of the server)."""
+        mine = [r for r in self.records if r.server_id == server_id]
+        for vid in dict.fromkeys(r.volume_id for r in mine):
+            if self._volumes[vid].status not in ("available", "in-use", "reserved"):
+                return False
+        for vid in dict.fromkeys(r.volume_id for r in mine):
+            self.attach(vid, server_id, host)
+            self._volumes[vid] = dataclasses.replace(self._volumes[vid], status="in-use")
+        if self.moves_to_settle:
+            self._lagging += mine
+        else:
+            self.records = [r for r in self.records if r not in mine]
+        return True

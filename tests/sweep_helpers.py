@@ -28,6 +28,11 @@ from nova.db.main import api
 from nova.db import migration
 import nova.conf
 CONF = nova.conf.CONF
+try:                      # [profiler], which nova's DB API reads once osprofiler is installed (nova.config does this)
+    from osprofiler import opts as profiler_opts
+    profiler_opts.set_defaults(CONF)
+except ImportError:
+    pass
 CONF([], project='nova')
 CONF.set_override('connection', sys.stdin.read().strip(), group='database')
 api.configure(CONF)

@@ -433,7 +433,8 @@ def test_to_dict_is_json_serialisable_and_complete():
     assert [s["server_id"] for s in data["steps"]] == ids(p.steps)
     assert data["steps"][0] == {"server_id": "11111111-aaaa", "name": "db-1", "priority": 10, "group": "db",
                                 "target": "compute-2", "after": "start", "prepare": "none",
-                                "reason": p.steps[0].reason, "wave": 0, "project_id": "p1", "state": "active"}
+                                "reason": p.steps[0].reason, "wave": 0, "project_id": "p1", "state": "active",
+                                "storage": p.steps[0].storage.value, "volumes": None}
     assert data["waves"] == [{"index": 0, "priority": 10, "groups": ["db"], "steps": ["11111111-aaaa"]},
                              {"index": 1, "priority": 0, "groups": [], "steps": ["44444444-dddd", "22222222-bbbb"]}]
     assert data["skipped"] == [{"server_id": "33333333-cccc", "name": "junk", "code": "not_tagged",
@@ -443,7 +444,7 @@ def test_to_dict_is_json_serialisable_and_complete():
 
 def test_rule_tables_are_data():
     assert [code for code, _, _ in P.SKIP_RULES] == ["already_moved", "deleting", "shelved", "in_progress", "error",
-                                                     "opted_out", "not_tagged"]
+                                                     "opted_out", "not_tagged", "local_disk"]
     assert [name for name, _ in P.TAG_SOURCES] == ["server metadata", "server tag", "flavor extra spec",
                                                    "image property"]
     assert set(P.AFTER.values()) <= set(P.AFTER_ACTIONS)

@@ -9,7 +9,7 @@ Layout, lowest first (each module imports only those above it):
   and `StaticBackend`;
 - realities.py: the pure mappings (libvirt state, chassis power, heartbeat, image data -> reality; `combine()`);
 - bound.py: the time bound of every backend call (worker thread, or inline under a deadline);
-- libvirt.py, ipmi.py, nova.py, glance.py: the backends (the I/O);
+- libvirt.py, ipmi.py, nova.py, glance.py, cinder.py: the backends (the I/O);
 - collector.py: the `Collector` (routes, combination, retries).
 Callers use this package's names (`health.Collector`, `health.Resource`, ...), not its modules.
 
@@ -18,8 +18,14 @@ Backends have one of two levels:
   (`PowerBackend`: off -> host_down) and nova's service heartbeat (`NovaHeartbeatBackend`: down or forced down ->
   host_down). These never name a resource-level reality: a powered-on host says nothing about one guest.
 - resource: says what the resource itself is: libvirt (`LibvirtBackend`), glance's filesystem store
-  (`GlanceFileBackend`), and for cinder and neutron any object keeping the `Backend` contract (`StaticBackend` is the
-  trivial one, by resource id).
+  (`GlanceFileBackend`), cinder's file-backed volume and backup stores (`VolumeFileBackend`, `BackupFileBackend`)
+  and a volume's connection to its instance's guest (`VolumeConnectionBackend` over a `GuestReader`:
+  `LibvirtVolumes`), and for neutron any object keeping the `Backend` contract (`StaticBackend` is the trivial one,
+  by resource id).
+cinder's backends answer by the question a stuck resource asks (`health.cinder.question`): an attach task is the
+instance's host's (host level `InstanceHeartbeatBackend`, nova's heartbeat), any other volume task cinder-volume's
+(host level `CinderServiceBackend`, cinder's os-services), a backup cinder-backup's; a backend asked another
+question answers HOST_UP or unknown, so one route per kind serves every task (health/cinder.py).
 Listings, for the sweep's orphan pass (what exists that no row describes): `LibvirtBackend.list_guests(host)` and
 `GlanceFileBackend.list_files(datadir)`, under the same time bound as observe() (HealthError, one line, on failure).
 A route (`Collector(routes=...)`, by (service, kind) or service) lists host backends then resource backends; the
@@ -39,6 +45,9 @@ from crashup_lib.health.libvirt import LibvirtBackend
 from crashup_lib.health.ipmi import PowerBackend
 from crashup_lib.health.nova import NovaHeartbeatBackend
 from crashup_lib.health.glance import GlanceFileBackend
+from crashup_lib.health.cinder import (BACKUP_STORE, CONNECTION, VOLUME_STORE, BackupFileBackend, CinderServiceBackend,
+                                       GuestDisks, GuestReader, InstanceHeartbeatBackend, LibvirtVolumes,
+                                       VolumeConnectionBackend, VolumeFileBackend)
 from crashup_lib.health.collector import Collector
 from crashup_lib.rules import ABSENT, HOST_DOWN, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKNOWN  # the realities
 
@@ -50,5 +59,7 @@ __all__ = [
     "VIR_ERR_INVALID_ARG", "VIR_ERR_NO_DOMAIN", "combine", "heartbeat_reality", "image_data_reality",
     "libvirt_reality", "power_reality",
     "LibvirtBackend", "PowerBackend", "NovaHeartbeatBackend", "GlanceFileBackend", "Collector",
+    "BACKUP_STORE", "CONNECTION", "VOLUME_STORE", "BackupFileBackend", "CinderServiceBackend", "GuestDisks",
+    "GuestReader", "InstanceHeartbeatBackend", "LibvirtVolumes", "VolumeConnectionBackend", "VolumeFileBackend",
     "ABSENT", "HOST_DOWN", "PAUSED", "RUNNING", "SHUT_OFF", "SUSPENDED", "UNKNOWN",
 ]

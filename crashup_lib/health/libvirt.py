@@ -11,7 +11,7 @@ from crashup_lib.health.realities import (LIBVIRT_STATE_NAMES, VIR_DOMAIN_SHUTOF
 from crashup_lib.rules import ABSENT, UNKNOWN
 
 
-def _libvirt():
+def libvirt_module():
     """libvirt-python, imported on first use, with its default error handler (a line on stderr per error)
     silenced: errors come back as exceptions, which become one-line details."""
     try:
@@ -35,7 +35,7 @@ class LibvirtBackend:
                  name: str = "libvirt"):
         self._uri = uri
         self.timeout, self.name = timeout, name
-        self._lv = _libvirt()
+        self._lv = libvirt_module()
         self._listing = Bounded()       # list_guests' own bound (observe() is bounded by the collector)
 
     def uri(self, host: str | None) -> str:

@@ -14,7 +14,7 @@ import pathlib
 import signal
 import threading
 
-from crashup_lib import events, log, nova, pacemaker
+from crashup_lib import cinder, events, log, nova, pacemaker
 from crashup_lib.presence import RECOVERY, Presence
 from crashup_lib.recovery.pipeline import Recovery
 
@@ -27,7 +27,7 @@ EMITTER_CLOSE = 5.0        # seconds a stopping daemon gives the bus's publisher
 
 class Daemon:
     def __init__(self, cfg, *, state_dir: str, cluster: pacemaker.Cluster | None = None, nova_factory=None,
-                 emitter=None):
+                 emitter=None, cinder_factory=None):
         self.cfg = cfg
         self.cluster = cluster or pacemaker.Cluster()
         self.state_dir = pathlib.Path(state_dir)
@@ -36,6 +36,7 @@ class Daemon:
         self.workers: dict[str, threading.Thread] = {}
         self.lagging: set = set()                  # requests whose state mirror lagged at the last tick
         self._nova_factory = nova_factory
+        self._cinder_factory = cinder_factory
         self._emitter = emitter
         self._recovery = None
         self._recovery_lock = threading.Lock()
@@ -57,8 +58,21 @@ class Daemon:
         if self._recovery is None:
             if self._nova_factory is None:
                 self._nova_factory = lambda: nova.Nova.from_config(self.cfg)
-            self._recovery = Recovery(self.cfg, self.cluster, self._nova_factory(), self.emitter())
+            self._recovery = Recovery(self.cfg, self.cluster, self._nova_factory(), self.emitter(),
+                                      cinder=self._cinder())
         return self._recovery
+
+    def _cinder(self):
+        """The block-storage client when volume_checks is on (None without: recovery then ignores volumes)."""
+        if not self.cfg.get("volume_checks", True):
+            return None
+        if self._cinder_factory is not None:
+            return self._cinder_factory()
+        try:
+            return cinder.CinderApi.from_config(self.cfg)
+        except cinder.CinderError as e:
+            LOG.warning("volumes not read during recoveries: %s", e)
+            return None
 
     def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)

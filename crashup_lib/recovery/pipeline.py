@@ -1,5 +1,10 @@
 """One host's recovery: verify fenced -> repair stale tasks -> storm guard -> auto (plan, evacuate) | notify -> done.
 
+With cinder (`cinder` given, volume_checks on), auto mode also reads the servers' volumes before planning
+(recovery/storage.py, bounded), repairs a volume the fenced host left attaching/detaching (repair.decide_volume,
+a crashup.resource.stale_recovered event each), and checks after each evacuation that its volumes followed the
+server (the instance.evacuated event's `volumes`), beside the evacuations, in threads of its own.
+
 Every step is safe to run again: a daemon that dies anywhere, or a new one after a failover, calls recover() on the
 same request and carries on (the request's state and hold say how far it got; nova's migrations say which instances
 moved). The request stays open until its recovery is finished, so the host is not let back before that. The cluster
@@ -7,7 +12,9 @@ and nova are objects it is given (pacemaker.Cluster, nova.Nova), so tests give i
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import threading
 import time
 
 from crashup_lib import events, hostmap, log, pacemaker
@@ -15,7 +22,8 @@ from crashup_lib.nova import evacuate_microversion
 from crashup_lib.pacemaker import Hold, RecoveryRequest
 from crashup_lib import plan as planning
 from crashup_lib import repair
-from crashup_lib.recovery.evacuate import Evacuator, Result, _ts
+from crashup_lib.recovery import storage
+from crashup_lib.recovery.evacuate import FAILED_MIGRATION, Evacuator, Result, _ts
 
 LOG = log.get("recovery")
 #: how long fencing may take to be confirmed before an event says it was not (Pacemaker's default stonith-timeout)
@@ -40,12 +48,15 @@ class Progress:
 
 class Recovery:
     def __init__(self, cfg, cluster: pacemaker.Cluster, nova, emitter, *, microversion: str | None = None,
-                 clock=time.time):
+                 clock=time.time, cinder=None):
         self.cfg = cfg
         self.cluster = cluster
         self.nova = nova
         self.emitter = emitter
         self.clock = clock
+        # cinder.CinderApi (or a fake); None, or volume_checks off: volumes are not read
+        self.cinder = cinder if cfg.get("volume_checks", True) else None
+        self._emit_lock = threading.Lock()        # the volume checks emit from their own threads
         self._refenced_at: dict[str, float] = {}
         self.microversion = microversion or evacuate_microversion(cfg.keep_power_state)
 
@@ -141,21 +152,84 @@ class Recovery:
                     "action": "evacuation stopped"}
         return None
 
+    def _repair_volumes(self, host: str, found: dict, servers, fenced_at: float) -> None:
+        """Volumes the fenced host left attaching/detaching, set so that nova's evacuation can attach them anew.
+        Never those of a server whose evacuation is under way (a resumed recovery): nova may be attaching them."""
+        busy = {s.id for s in servers if (s.task_state or "") in planning.EVACUATING_TASKS}
+        try:
+            busy |= {m.server_id for m in self.nova.migrations(source_compute=host, migration_type="evacuation")
+                     if m.status not in FAILED_MIGRATION and _ts(m.created_at) >= int(fenced_at) - 1}
+        except Exception as e:                   # noqa: BLE001 - not knowing, nothing is changed
+            LOG.warning("volumes not repaired: reading the evacuations of %s failed: %s", host, e)
+            return
+        for sv in found.values():
+            if sv.server_id in busy:
+                continue
+            for volume in sv.volumes:
+                decision = repair.decide_volume(sv.server_id, volume, sv.records)
+                if decision is None:
+                    continue
+                payload = {"service": "cinder", "resource_type": "volume", "id": volume.id, "state": volume.status,
+                           "action": decision.action if decision.action != "skip" else "none",
+                           "reason": f"server {sv.server_id} on failed host {host}: {decision.reason}"}
+                if decision.action != "skip":
+                    try:
+                        repair.apply_volume(self.cinder, decision)
+                    except Exception as e:      # noqa: BLE001 - the evacuation says the rest
+                        LOG.warning("volume %s: %s failed: %s", volume.id, decision.action, e)
+                        payload.update(action="none", reason=f"{payload['reason']}; {decision.action} failed: {e}")
+                        self._emit(events.RESOURCE_STALE_UNRECOVERABLE, volume.id, payload)
+                        continue
+                    LOG.info("volume %s of %s: %s (%s)", volume.id, sv.server_id, decision.action, decision.reason)
+                    self._emit(events.RESOURCE_STALE_RECOVERED, volume.id, payload)
+                else:
+                    LOG.warning("volume %s of %s left %s: %s", volume.id, sv.server_id, volume.status,
+                                decision.reason)
+                    self._emit(events.RESOURCE_STALE_UNRECOVERABLE, volume.id, payload)
+
     def _evacuate(self, req: RecoveryRequest, host: str, servers, repairs) -> Progress:
         started = self.clock()
         self._emit(events.HOST_FAILED, host, self._failed_payload(req, host, servers, repairs))
+        found = storage.gather(self.cinder, [s.id for s in servers], concurrency=self.cfg.concurrency)
+        self._repair_volumes(host, found, servers, req.fenced_at)
         the_plan = plan_for_host(self.nova, host, self.cfg, servers=servers, microversion=self.microversion,
-                                 filter_mode=req.filter_mode or None)
+                                 filter_mode=req.filter_mode or None,
+                                 volumes={sid: sv.volume_ids for sid, sv in found.items()})
         if not req.filter_mode:
             req = self._save(req.moved_to(req.state, f"evacuating {len(the_plan.steps)} instances",
                                           filter_mode=the_plan.filter_mode))
 
+        checks = concurrent.futures.ThreadPoolExecutor(max(1, self.cfg.concurrency), thread_name_prefix="volcheck")
+        not_moved: list[str] = []
+        checking: list[concurrent.futures.Future] = []
+
+        def evacuated(outcome, step, check: bool):
+            payload = {"id": outcome.server_id, "name": outcome.name, "source_host": host,
+                       "target_host": outcome.target_host, "duration_s": outcome.duration_s,
+                       "power_state": outcome.power_state if outcome.power_state is not None else "",
+                       "storage": str(step.storage)}
+            if check:
+                try:
+                    states = storage.check_moved(self.cinder, outcome.server_id, step.volumes, host,
+                                                 outcome.target_host)
+                except Exception as e:          # noqa: BLE001 - the event goes out, without what is not known
+                    LOG.warning("%s: checking its volumes failed: %s: %s", outcome.name, type(e).__name__, e)
+                    states = [storage.VolumeState(v, None, (), "") for v in step.volumes]
+                payload["volumes"] = [v.to_dict() for v in states]
+                bad = [v for v in states if v.moved is False]
+                if bad:
+                    not_moved.extend(v.id for v in bad)
+                    LOG.warning("%s: volumes not attached on %s alone: %s", outcome.name, outcome.target_host,
+                                ", ".join(f"{v.id} ({v.status}, on {'/'.join(v.hosts) or 'no host'})" for v in bad))
+            self._emit(events.INSTANCE_EVACUATED, outcome.server_id, payload)
+
         def report(outcome):
             if outcome.result is Result.EVACUATED:
-                self._emit(events.INSTANCE_EVACUATED, outcome.server_id,
-                           {"id": outcome.server_id, "name": outcome.name, "source_host": host,
-                            "target_host": outcome.target_host, "duration_s": outcome.duration_s,
-                            "power_state": outcome.power_state if outcome.power_state is not None else ""})
+                step = the_plan.step(outcome.server_id)
+                if self.cinder is not None and step.volumes:    # known, and some: beside the evacuations
+                    checking.append(checks.submit(evacuated, outcome, step, True))
+                else:
+                    evacuated(outcome, step, False)
             elif outcome.result is Result.FAILED:
                 self._emit(events.INSTANCE_EVACUATION_FAILED, outcome.server_id,
                            {"id": outcome.server_id, "name": outcome.name, "source_host": host,
@@ -164,18 +238,27 @@ class Recovery:
         evacuator = Evacuator(self.nova, source_host=host, fenced_at=req.fenced_at, microversion=self.microversion,
                               concurrency=self.cfg.concurrency, instance_timeout=self.cfg.instance_timeout,
                               on_outcome=report)
-        outcomes = evacuator.run(the_plan.waves)
+        try:
+            outcomes = evacuator.run(the_plan.waves)
+        finally:
+            checks.shutdown(wait=True)           # each check ends within storage.SETTLE plus one cinder call
+        for future in checking:
+            future.result()                      # an event that could not be written is raised, as in this thread
         failed = [o for o in outcomes if o.result is Result.FAILED]
         gone = [o for o in outcomes if o.result is Result.DELETED]
         # counted from nova's ledger, not this run's outcomes: a recovery resumed after a failover reports all of it
         moved = self._evacuated_since(host, req.fenced_at) | {o.server_id for o in outcomes
                                                                if o.result is Result.EVACUATED}
+        left = [s for s in the_plan.skipped if s.code == "local_disk"]
         self._emit(events.HOST_RECOVERED, host,
                    {"host": host, "node": req.node, "mode": req.mode, "evacuated": len(moved),
                     "failed": len(failed), "skipped": len(the_plan.skipped) + len(gone),
-                    "duration_s": round(self.clock() - started, 2)})
+                    "duration_s": round(self.clock() - started, 2), "volumes_not_moved": len(not_moved),
+                    "left_on_host": [{"id": s.server_id, "name": s.name, "reason": s.reason} for s in left]})
         note = f"{len(moved)} evacuated, {len(failed)} failed, {len(the_plan.skipped)} skipped" + \
-            (f", {len(gone)} deleted meanwhile" if gone else "")
+            (f", {len(gone)} deleted meanwhile" if gone else "") + \
+            (f", {len(left)} left on the host (local disk)" if left else "") + \
+            (f", {len(not_moved)} volumes not moved" if not_moved else "")
         req = self._save(req.moved_to("done", note))
         return Progress(req, False, f"{req.node}: recovery done: {note}")
 
@@ -204,7 +287,8 @@ class Recovery:
         except events.EventError as e:
             LOG.error("event %s not emitted: %s", kind, e)
             return
-        self.emitter.emit(event)
+        with self._emit_lock:
+            self.emitter.emit(event)
 
     def _save(self, req: RecoveryRequest) -> RecoveryRequest:
         self.cluster.write_request(req)
@@ -213,14 +297,19 @@ class Recovery:
 
 
 def plan_for_host(nova, host: str, cfg, *, servers=None, microversion: str | None = None,
-                  target_host: str | None = None, skip_error: bool = False, filter_mode: str | None = None):
-    """Plan from what nova says now (the host's servers, unless given; aggregates; compute services)."""
-    return planning.build_plan(host, nova.servers_on_host(host) if servers is None else servers,
-                               aggregates=nova.aggregates(), services=nova.services(),
+                  target_host: str | None = None, skip_error: bool = False, filter_mode: str | None = None,
+                  volumes=None, cinder=None):
+    """Plan from what nova says now (the host's servers, unless given; aggregates; compute services) and, when
+    `volumes` (server id -> volume ids) is not given, what `cinder` says of their volumes (bounded; None: not read)."""
+    servers = nova.servers_on_host(host) if servers is None else servers
+    if volumes is None and cinder is not None:
+        volumes = {sid: sv.volume_ids for sid, sv in storage.gather(cinder, [s.id for s in servers],
+                                                                    concurrency=cfg.concurrency).items()}
+    return planning.build_plan(host, servers, aggregates=nova.aggregates(), services=nova.services(),
                                policy=planning.Policy.from_config(cfg, skip_error=skip_error,
                                                                   target_host=target_host),
                                microversion=microversion or evacuate_microversion(cfg.keep_power_state),
-                               filter_mode=filter_mode)
+                               filter_mode=filter_mode, volumes=volumes)
 
 
 def release(node: str, cluster: pacemaker.Cluster | None = None) -> RecoveryRequest:

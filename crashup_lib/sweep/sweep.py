@@ -11,8 +11,9 @@ After each service's stuck resources, its orphan pass (sweep/orphans.py, nova an
 managed environment that no row describes is reported, one crashup.resource.orphaned event and one log line each,
 never deleted nor changed; a dry run prints "would report orphan ..." and emits nothing.
 
-A resource the collector has no backend for (cinder and neutron until theirs exist, nova without libvirt_uri, glance
-without glance_datadirs) is never changed: "no backend" is not the rules' `unknown`, which means a backend tried
+A resource the collector has no backend for (neutron until its own exists, nova without libvirt_uri, glance without
+glance_datadirs, cinder volumes without cinder_volume_dirs, or stuck attaching/detaching without libvirt_uri, backups
+without cinder_backup_dirs) is never changed: "no backend" is not the rules' `unknown`, which means a backend tried
 recovery_resync_count times and could not tell.
 
 What to sweep comes from wiring.py (configuration -> sweepers, backends, finders); daemon.py runs rounds.
@@ -106,10 +107,9 @@ def _one(stuck, sweeper, collector, emitter, dry_run, say, stopping) -> str:
     """One stuck resource: observe, decide, apply (or print). Never raises: one line and the next resource."""
     prefix = "would " if dry_run else ""
     try:
-        resource = sweeper.resource(stuck)
         try:
-            seen = collector.observe(resource)
-        except HealthError as e:
+            seen = collector.observe(sweeper.resource(stuck))
+        except HealthError as e:        # no backend for it (its route, or the question it asks): never changed
             _log.info("sweep: %s: left, not observed: %s", stuck, error_line(e))
             if dry_run:
                 say(f"{stuck} [{stuck.where}]: {prefix}leave: not observed: {error_line(e)}")

@@ -76,7 +76,7 @@ def sweepers_from_config(cfg) -> list[tuple[str, Callable[[], fix.Sweeper]]]:
         elif service == "cinder":
             def make(urls=urls):
                 return CinderSweeper(Database(urls[0], name="cinder db", timeout=timeout),
-                                     _Lazy(lambda: CinderApi.from_config(cfg)))
+                                     _Lazy(lambda: CinderApi.from_config(cfg)), cinder_observed(cfg))
         elif service == "glance":
             def make(urls=urls):
                 return GlanceSweeper(Database(urls[0], name="glance db", timeout=timeout))
@@ -101,8 +101,8 @@ def _kept(make: Callable[[], fix.Sweeper]) -> Callable[[], fix.Sweeper]:
 
 
 def routes_from_config(cfg) -> dict:
-    """The Health Collector's backends per service, from [sweep] and [openstack]. Only resource-level backends
-    make a route (a host that is up says nothing about a guest)."""
+    """The Health Collector's backends per service (cinder's per kind), from [sweep] and [openstack]. Only
+    resource-level backends make a route (a host that is up says nothing about a guest)."""
     routes: dict = {}
     if cfg.libvirt_uri:
         try:
@@ -113,6 +113,57 @@ def routes_from_config(cfg) -> dict:
             _log.warning("sweep: nova instances are not observed: %s", error_line(e))
     if cfg.glance_datadirs:
         routes["glance"] = [health.GlanceFileBackend(cfg.glance_datadirs)]
+    routes.update(cinder_routes(cfg))
+    return routes
+
+
+def _volume_connections(cfg):
+    """The guest reader of volume connections (libvirt_uri), or None: not configured, or libvirt-python missing
+    (one warning)."""
+    if not cfg.libvirt_uri:
+        return None
+    try:
+        return health.LibvirtVolumes(cfg.libvirt_uri)
+    except HealthError as e:
+        _log.warning("sweep: cinder volumes stuck attaching/detaching are not observed: %s", error_line(e))
+        return None
+
+
+def cinder_observed(cfg) -> frozenset:
+    """The questions about stuck cinder resources the configured backends answer (health/cinder.py): the
+    CinderSweeper leaves the others unobserved."""
+    found = set()
+    if cfg.cinder_volume_dirs:
+        found.add(health.VOLUME_STORE)
+    if cfg.libvirt_uri and _volume_connections(cfg) is not None:
+        found.add(health.CONNECTION)
+    if cfg.cinder_backup_dirs:
+        found.add(health.BACKUP_STORE)
+    return frozenset(found)
+
+
+def cinder_routes(cfg, guests=None) -> dict:
+    """cinder's routes: volumes and migrations through cinder-volume's heartbeat (os-services) and the volume
+    files of cinder_volume_dirs; volumes stuck attaching/detaching through the instance's host (nova's heartbeat)
+    and its guest's disks (`guests`, a health.GuestReader; default: libvirt_uri's); backups through
+    cinder-backup's heartbeat and cinder_backup_dirs. A kind with nothing configured has no route."""
+    routes: dict = {}
+    api = _Lazy(lambda: CinderApi.from_config(cfg))
+    services = health.CinderServiceBackend(api, timeout=cfg.api_timeout + 5)
+    guests = guests if guests is not None else _volume_connections(cfg)
+    volume = []
+    if guests is not None:
+        heartbeat = health.NovaHeartbeatBackend(_Lazy(lambda: nova.Nova.from_config(cfg)),
+                                                timeout=cfg.api_timeout + 5)
+        volume += [health.InstanceHeartbeatBackend(heartbeat), health.VolumeConnectionBackend(guests)]
+    if cfg.cinder_volume_dirs:
+        files = health.VolumeFileBackend(cfg.cinder_volume_dirs)
+        volume.append(files)
+        routes[("cinder", "volume_migration")] = [services, files]
+    if volume:
+        routes[("cinder", "volume")] = [services, *volume]
+    if cfg.cinder_backup_dirs:
+        routes[("cinder", "backup")] = [services, health.BackupFileBackend(cfg.cinder_backup_dirs)]
     return routes
 
 
