@@ -62,6 +62,13 @@ class Daemon:
                                       cinder=self._cinder())
         return self._recovery
 
+    def _warm_up(self) -> None:
+        """Build the clients now, beside the watch: the first failed host does not wait for their imports (~0.5 s)."""
+        try:
+            self.recovery()
+        except Exception as e:                    # noqa: BLE001 - the first request builds them again, and says why
+            LOG.debug("clients not built at start: %s", e)
+
     def _cinder(self):
         """The block-storage client when volume_checks is on (None without: recovery then ignores volumes)."""
         if not self.cfg.get("volume_checks", True):
@@ -77,6 +84,7 @@ class Daemon:
     def run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.emitter()                            # now: the bus's outbox is replayed from the start
+        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         try:
             self._watch()
         finally:

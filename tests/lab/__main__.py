@@ -9,18 +9,20 @@ from tests.lab.nova_env import NovaBoxError, NovaEnvError
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.lab",
-                                description="crashup's local lab: Pacemaker, nova, BMCs, RabbitMQ")
+                                description="crashup's local lab: Pacemaker, nova, cinder, BMCs, RabbitMQ")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring the whole lab up")
     up.add_argument("--nodes", type=int, default=topology.DEFAULT_NODES, choices=range(1, 7), metavar="1-6")
     sub.add_parser("down", help="stop everything and remove what the lab made (logs stay)")
-    sub.add_parser("status", help="cluster, BMC, bus and nova state")
-    f = sub.add_parser("fail", help="fail a compute node (--how crash|net|power), or the bus (fail bus --how "
-                                    "stop|freeze|start)")
-    f.add_argument("node", help="a compute node, or `bus` for the RabbitMQ broker")
-    f.add_argument("--how", choices=lab.FAILURES + lab.BUS_FAILURES,
+    sub.add_parser("status", help="cluster, BMC, bus, cinder and nova state")
+    f = sub.add_parser("fail", help="fail a compute node (--how crash|net|power), the bus (fail bus --how "
+                                    "stop|freeze|start) or a cinder service (fail cinder-volume --how kill|start)")
+    f.add_argument("node", help="a compute node, `bus` for the RabbitMQ broker, or cinder-api|cinder-scheduler|"
+                                "cinder-volume")
+    f.add_argument("--how", choices=tuple(dict.fromkeys(lab.FAILURES + lab.BUS_FAILURES + lab.CINDER_FAILURES)),
                    help="a node: crash (default), net, power; the bus: stop (SIGKILL, default), freeze (SIGSTOP), "
-                        "start (SIGCONT a frozen broker, start a stopped one)")
+                        "start (SIGCONT a frozen broker, start a stopped one); a cinder service: kill (SIGKILL, "
+                        "default), start")
     pw = sub.add_parser("power", help="power a node on or off through its BMC")
     pw.add_argument("node")
     pw.add_argument("state", choices=("on", "off"))
@@ -48,12 +50,17 @@ def main(argv=None) -> int:
         elif args.command == "fail" and args.node == "bus":
             how = args.how or "stop"
             if how not in lab.BUS_FAILURES:
-                p.error(f"fail bus: --how {how} is for nodes; the bus takes {', '.join(lab.BUS_FAILURES)}")
+                p.error(f"fail bus: --how {how} is not for the bus; it takes {', '.join(lab.BUS_FAILURES)}")
             print(lab.fail_bus(how))
+        elif args.command == "fail" and args.node.startswith("cinder-"):
+            how = args.how or "kill"
+            if how not in lab.CINDER_FAILURES:
+                p.error(f"fail {args.node}: a cinder service takes --how {' or '.join(lab.CINDER_FAILURES)}")
+            print(lab.fail_cinder(args.node, how))
         elif args.command == "fail":
             how = args.how or "crash"
             if how not in lab.FAILURES:
-                p.error(f"fail {args.node}: --how {how} is for the bus; a node takes {', '.join(lab.FAILURES)}")
+                p.error(f"fail {args.node}: --how {how} is not for a node; a node takes {', '.join(lab.FAILURES)}")
             lab.fail(lab.node(args.node), how)
             print(f"{args.node}: failed ({how})")
         elif args.command == "power":

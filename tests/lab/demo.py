@@ -14,6 +14,7 @@ from tests.lab import lab, pacemaker
 from tests.lab.nova_env import IMAGE_ID
 
 SERVERS = 4
+MARKER = "written by the demo before the crash"
 
 
 def say(text: str) -> None:
@@ -69,6 +70,26 @@ class BusWatch:
             self.thread.join(5)
 
 
+def boot_from_volume(victim) -> tuple:
+    """One more server on the victim, booted from a cinder volume of the lab's real cinder (a file on its backend),
+    with data written into the volume: (server id, volume id, the Volumes client)."""
+    from tests.lab.volumes import Volumes
+    volumes = Volumes.lab()
+    root = volumes.create(bootable=True, name="demo-root")
+    volumes.write_marker(root["id"], MARKER)
+    server = volumes.boot_from_volume("demo-volume", root["id"], host=victim.nova_host)
+    say(f"   demo-volume ACTIVE on {victim.name}, booted from cinder volume {root['id']} (data written into it)")
+    return server["id"], root["id"], volumes
+
+
+def volume_line(server_id: str, volume_id: str, volumes) -> str:
+    """Where the volume-backed server's volume is attached now, and whether its data is still there."""
+    vol = volumes.get(volume_id)
+    hosts = ", ".join(f"{a['host_name']}" for a in vol["attachments"] if a["server_id"] == server_id) or "nowhere"
+    kept = "kept" if volumes.read_marker(volume_id) == MARKER else "LOST"
+    return f"demo-volume's cinder volume: {vol['status']}, attached on {hosts}; the data written before the crash: {kept}"
+
+
 def main() -> int:
     victim = lab.topology.Node(1)
     if lab.read_state():
@@ -93,6 +114,7 @@ def main() -> int:
             conn.compute.wait_for_server(s, status="ACTIVE", interval=0.3, wait=120)
         timeline.append((f"{SERVERS} servers ACTIVE on {victim.name}", time.monotonic() - start))
         say(f"   {SERVERS} servers ACTIVE on {victim.name}: {', '.join(s.name for s in servers)}")
+        volume = boot_from_volume(victim) if lab.read_state().get("cinder_url") else None
 
         bus = BusWatch(victim.nova_host).start() if lab.read_state().get("transport_url_file") else None
         said_bus = False
@@ -127,7 +149,7 @@ def main() -> int:
             if entry["time"] >= since - 1:
                 say(f"   BMC {victim.name}: power {entry['command']} ({entry['from']} -> {entry['to']})")
         say(f"\n5. crashup recovers {victim.name}: verify fencing, repair, evacuate (progress every second)")
-        ids = {s.id for s in servers}
+        ids = {s.id for s in servers} | ({volume[0]} if volume else set())
         last = None
         while True:
             req = lab.recovery_request(victim)
@@ -155,6 +177,8 @@ def main() -> int:
                 migrations = [m for m in conn.compute.migrations(migration_type="evacuation")
                               if m.server_id == s.id]
                 say(f"   {s.name}: {s.status} on {s.compute_host} ({len(migrations)} evacuation)")
+        if volume:
+            say(f"   {volume_line(*volume)}")
         say(f"   crashup: {req.note}")
 
         say(f"\n6. {victim.name} rejoins: Pacemaker starts its nova-compute (ocf:crashup:nova-compute) only now that "

@@ -1,10 +1,11 @@
 """The whole lab in one place: a Pacemaker controller and remote compute nodes, real nova, one BMC per node.
 
-The pieces live in their own modules (pacemaker.py + netns.py, novabox/ + nova_env.py, bmc.py, rabbitmq.py); this
-joins them: crashup's agents installed where Pacemaker looks for them, one fence_crashup_ipmi device and fencing level
-per node against that node's BMC, BMC power hooks that really take a node down (hooks.py), a clouds.yaml for the
-clients, a RabbitMQ broker for the notification bus (loopback, its transport URL in a file), failure injection, and a
-teardown that leaves nothing behind but logs and the install caches.
+The pieces live in their own modules (pacemaker.py + netns.py, novabox/ + nova_env.py, bmc.py, rabbitmq.py,
+cinder.py + cinderbox/); this joins them: crashup's agents installed where Pacemaker looks for them, one
+fence_crashup_ipmi device and fencing level per node against that node's BMC, BMC power hooks that really take a node
+down (hooks.py), a clouds.yaml for the clients, a RabbitMQ broker for the notification bus (loopback, its transport URL
+in a file), a real cinder on that broker (a vhost of its own) that nova uses, failure injection, and a teardown that
+leaves nothing behind but logs and the install caches.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import threading
 import time
 
 from tests.lab import nova_env, pacemaker, rabbitmq, topology
+from tests.lab.cinder import SERVICES as CINDER_SERVICES, Cinder, CinderError
 from tests.lab.netns import LabError
 from tests.lab.topology import LAB_DIR, LOG_DIR, REPO, RUN_DIR, SECRETS_DIR, Node
 
@@ -39,6 +41,7 @@ NOVA_STATE = RUN_DIR / "nova"
 BUS_DIR = RUN_DIR / "bus"                     # the broker's state: mnesia, cookie, password (0600), pid files
 TRANSPORT_URL_FILE = BUS_DIR / "transport_url"  # rabbit://crashup:<password>@127.0.0.1:5673/crashup, mode 0600
 OUTBOX_DIR = RUN_DIR / "outbox"               # crashup's bus outbox (events not yet accepted by the broker)
+CINDER_STATE = RUN_DIR / "cinder"             # cinder.conf (0600), sqlite, volume files (volumes/volume-<id>), pids
 OCF_DIR = pathlib.Path("/usr/lib/ocf/resource.d/crashup")
 SBIN_DIR = pathlib.Path("/usr/sbin")
 MARKER = "# installed by the crashup lab; removed by `lab down`"
@@ -254,6 +257,42 @@ def fail_bus(how: str) -> str:
     raise LabError(f"unknown bus failure {how!r}: one of {', '.join(BUS_FAILURES)}")
 
 
+# --- cinder -------------------------------------------------------------------------------------------------------------
+
+def cinder() -> Cinder:
+    """The lab's cinder (running or not: its pid files and configuration are in CINDER_STATE)."""
+    return Cinder(CINDER_STATE, bind=topology.BRIDGE_ADDR, port=topology.CINDER_API_PORT, log_dir=LOG_DIR / "cinder")
+
+
+def cinder_db_url() -> str:
+    """The sweep's cinder_connection: cinder's own sqlite database."""
+    return cinder().db_url()
+
+
+CINDER_FAILURES = ("kill", "start")
+
+
+def fail_cinder(service: str, how: str) -> str:
+    """kill: the service crashes (SIGKILL to its processes; its heartbeat stops, cinder marks it down within
+    service_down_time); start: start it again (same configuration, database and volume files)."""
+    name = service.removeprefix("cinder-")
+    if name not in CINDER_SERVICES:
+        raise LabError(f"no cinder service {service!r}: one of {', '.join('cinder-' + s for s in CINDER_SERVICES)}")
+    c = cinder()
+    if not c.conf_file.exists():
+        raise LabError("no lab cinder (is the lab up?)")
+    try:
+        if how == "kill":
+            return f"{service}: killed" if c.kill_service(name) else f"{service}: was not running"
+        if how == "start":
+            if c.pid(name) is not None:
+                return f"{service}: already running"
+            return f"{service}: started, up in {c.start_service(name):.1f}s"
+    except CinderError as e:
+        raise LabError(str(e)) from None
+    raise LabError(f"unknown cinder failure {how!r}: one of {', '.join(CINDER_FAILURES)}")
+
+
 # --- nova ---------------------------------------------------------------------------------------------------------------
 
 def nova() -> nova_env.NovaBox:
@@ -271,6 +310,7 @@ def write_clouds_yaml() -> pathlib.Path:
         f"      endpoint: {url}\n"
         f"      token: {nova_env.ADMIN_TOKEN}\n"
         f"    compute_endpoint_override: {url}\n"
+        f"    block_storage_endpoint_override: {topology.cinder_url()}\n"
         "    region_name: RegionOne\n")
     return CLOUDS_YAML
 
@@ -366,46 +406,71 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
             bus_error.append(e)
     bus_thread = threading.Thread(target=start_bus, name="rabbitmq-start")
     bus_thread.start()                                   # the broker (~4 s) starts with nova, while Pacemaker elects
+    block = cinder()
+    cinder_error: list[BaseException] = []
+
+    def start_cinder():
+        try:
+            block.sync_db()                              # ~2 s, while the broker starts
+            bus_thread.join()
+            if not bus_error:                            # else the broker's error is the one reported
+                block.prepare(bus)
+                block.start()
+        except BaseException as e:                       # reported in the main thread
+            cinder_error.append(e)
+    cinder_thread = threading.Thread(target=start_cinder, name="cinder-start")
+    cinder_thread.start()                                # cinder (~4 s once the broker is up) starts beside nova
 
     def start_nova():
         try:
-            box.start(hosts=[n.nova_host for n in lab_nodes], state_dir=NOVA_STATE, log_file=LOG_DIR / "nova.log")
+            box.start(hosts=[n.nova_host for n in lab_nodes], state_dir=NOVA_STATE, log_file=LOG_DIR / "nova.log",
+                      extra_args=["--cinder-url", topology.cinder_url()])
         except BaseException as e:                       # reported in the main thread
             nova_error.append(e)
     nova_thread = threading.Thread(target=start_nova, name="nova-start")
     nova_thread.start()                                  # nova (~3 s) starts while Pacemaker elects its DC (~4 s)
     try:
-        pacemaker.up_controller()
-        t.mark("controller ctl1 is DC")
-        for n in lab_nodes:
-            pacemaker.add_node(n)
-        t.mark(f"{count} compute nodes listening (netns, pacemaker-remoted)")
-        for n in lab_nodes:
-            start_bmc(n)
-        t.mark(f"{count} BMC simulators listening")
-    finally:
-        nova_thread.join()
-        bus_thread.join()
-    if nova_error:
-        raise LabError(f"nova did not start: {nova_error[0]}")
-    t.mark("nova API, placement, conductor, scheduler, computes up")
-    if bus_error:
-        raise LabError(f"RabbitMQ did not start: {bus_error[0]}")
-    t.mark(f"RabbitMQ on {rabbitmq.HOST}:{bus.port} (vhost {bus.vhost}) ready, started in {bus.start_seconds:.1f}s")
-    STATE_FILE.write_text(json.dumps({"nodes": count, "nova_url": topology.nova_url(),
-                                      "clouds_yaml": str(write_clouds_yaml()), "cloud": CLOUD,
-                                      "transport_url_file": str(TRANSPORT_URL_FILE),
-                                      "crashup_conf": str(write_crashup_conf(lab_nodes))}))
-    # what an operator runs: `crashup pcs apply INVENTORY`
-    applied = subprocess.run([sys.executable, "-m", "crashup_lib.cli", "pcs", "apply", str(write_inventory(lab_nodes))],
-                             capture_output=True, text=True, timeout=600)
-    if applied.returncode != 0:
-        raise LabError(f"crashup pcs apply failed: {(applied.stderr or applied.stdout).strip()}")
-    t.mark("Pacemaker configuration pushed")
-    pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and "crashup" in st.resources and all_started(st)
-                       and all(compute_running(st, n) for n in lab_nodes),
-                       90, "every compute node online, every resource started")
-    t.mark("every compute node online, every fence device and crashup's recovery daemon started")
+        try:
+            pacemaker.up_controller()
+            t.mark("controller ctl1 is DC")
+            for n in lab_nodes:
+                pacemaker.add_node(n)
+            t.mark(f"{count} compute nodes listening (netns, pacemaker-remoted)")
+            for n in lab_nodes:
+                start_bmc(n)
+            t.mark(f"{count} BMC simulators listening")
+        finally:
+            nova_thread.join()
+            bus_thread.join()
+        if nova_error:
+            raise LabError(f"nova did not start: {nova_error[0]}")
+        t.mark("nova API, placement, conductor, scheduler, computes up")
+        if bus_error:
+            raise LabError(f"RabbitMQ did not start: {bus_error[0]}")
+        t.mark(f"RabbitMQ on {rabbitmq.HOST}:{bus.port} (vhost {bus.vhost}) ready, started in {bus.start_seconds:.1f}s")
+        STATE_FILE.write_text(json.dumps({"nodes": count, "nova_url": topology.nova_url(),
+                                          "cinder_url": topology.cinder_url(), "cinder_db": block.db_url(),
+                                          "clouds_yaml": str(write_clouds_yaml()), "cloud": CLOUD,
+                                          "transport_url_file": str(TRANSPORT_URL_FILE),
+                                          "crashup_conf": str(write_crashup_conf(lab_nodes))}))
+        # what an operator runs: `crashup pcs apply INVENTORY`
+        applied = subprocess.run([sys.executable, "-m", "crashup_lib.cli", "pcs", "apply",
+                                  str(write_inventory(lab_nodes))], capture_output=True, text=True, timeout=600)
+        if applied.returncode != 0:
+            raise LabError(f"crashup pcs apply failed: {(applied.stderr or applied.stdout).strip()}")
+        t.mark("Pacemaker configuration pushed")
+        pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and "crashup" in st.resources and all_started(st)
+                           and all(compute_running(st, n) for n in lab_nodes),
+                           90, "every compute node online, every resource started")
+        t.mark("every compute node online, every fence device and crashup's recovery daemon started")
+    except BaseException:
+        cinder_thread.join()                             # no cinder process may start after this fails (`lab down`)
+        raise
+    cinder_thread.join()
+    if cinder_error:
+        raise LabError(f"cinder did not start: {cinder_error[0]}")
+    t.mark(f"cinder API, scheduler, volume up at {block.url} (started in {block.start_seconds:.1f}s once the broker "
+           f"was; db sync {block.sync_seconds:.1f}s)")
     return t
 
 
@@ -451,8 +516,17 @@ def down(quiet: bool = False) -> Timeline:
     # files in BUS_DIR, so before pacemaker.down() removes RUN_DIR
     bus_error: list[BaseException] = []
     bus_stopped: list[float] = []
+    cinder_stopped: list[float] = []
 
     def stop_bus():
+        try:
+            if CINDER_STATE.exists():                    # cinder first: without its broker it ignores SIGTERM
+                block = cinder()
+                t0 = time.monotonic()
+                block.stop()
+                cinder_stopped.append(time.monotonic() - t0)
+        except BaseException as e:                       # reported once everything else is down
+            bus_error.append(e)
         try:
             if BUS_DIR.exists():
                 b = broker()
@@ -468,7 +542,9 @@ def down(quiet: bool = False) -> Timeline:
         nova().stop()
     t.mark("nova stopped")
     bus_thread.join()
-    t.mark("RabbitMQ and its epmd stopped" + (f" (in {bus_stopped[0]:.1f}s, beside the above)" if bus_stopped else ""))
+    took = ([f"cinder in {cinder_stopped[0]:.1f}s"] if cinder_stopped else []) + \
+        ([f"the broker in {bus_stopped[0]:.1f}s"] if bus_stopped else [])
+    t.mark("cinder, RabbitMQ and its epmd stopped" + (f" ({', '.join(took)}, beside the above)" if took else ""))
     pacemaker.down()                                     # also namespaces, links, bridge, corosync.conf, CIB
     _kill_orphan_daemon()
     t.mark("Pacemaker, nodes and network removed")
@@ -477,7 +553,7 @@ def down(quiet: bool = False) -> Timeline:
         shutil.rmtree(d, ignore_errors=True)
     t.mark("agents and run state removed")
     if bus_error:
-        raise LabError(f"RabbitMQ did not stop cleanly: {bus_error[0]}")
+        raise LabError(f"cinder or RabbitMQ did not stop cleanly: {'; '.join(map(str, bus_error))}")
     return t
 
 
@@ -520,6 +596,10 @@ def status_text() -> str:
         lines.append(f"bus: RabbitMQ {broker().status_line()}; transport URL in {TRANSPORT_URL_FILE}")
     except Exception as e:
         lines.append(f"bus: unknown ({e})")
+    try:
+        lines.append(cinder().status_line())
+    except Exception as e:
+        lines.append(f"cinder: unknown ({e})")
     try:
         computes = nova().get_state().get("computes", {})
         lines.append("nova-compute: " + ", ".join(f"{h} {'running' if up else 'stopped'}"

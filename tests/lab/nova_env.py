@@ -28,6 +28,8 @@ NOVABOX_DIR = pathlib.Path(__file__).resolve().parent / "novabox"
 SERVER = NOVABOX_DIR / "server.py"
 REQUIREMENTS = NOVABOX_DIR / "requirements.txt"
 CONSTRAINTS = NOVABOX_DIR / "constraints.txt"
+#: cinder's pins beyond nova's: the schemas venv's, so both venvs run the same cinder
+CINDER_CONSTRAINTS = NOVABOX_DIR.parent / "schemabox" / "constraints.txt"
 STAMP_NAME = ".crashup-novabox-stamp"
 PID_FILE = "novabox.pid"
 STATE_FILE = "state.json"
@@ -56,10 +58,11 @@ def _log(msg: str) -> None:
 # the venv
 # ----------------------------------------------------------------------------------------------------------------------
 VENV_SPEC = venvs.PinnedVenv(
-    "nova venv", topology.NOVA_VENV, REQUIREMENTS, (CONSTRAINTS,), STAMP_NAME,
+    "nova venv", topology.NOVA_VENV, REQUIREMENTS, (CONSTRAINTS, CINDER_CONSTRAINTS), STAMP_NAME,
     # the harness imports that fail here would fail later inside the box with a longer story
     checks=("import nova.tests.functional.integrated_helpers, placement.deploy, sqlalchemy; "
-            "assert sqlalchemy.__version__.startswith('2.0.'), sqlalchemy.__version__",),
+            "assert sqlalchemy.__version__.startswith('2.0.'), sqlalchemy.__version__",
+            "import cinder.cmd.volume, cinder.objects; cinder.objects.register_all(); import cinder.volume.driver"),
     check_env=(("OS_NOVA_DISABLE_EVENTLET_PATCHING", "1"),))
 
 

@@ -28,6 +28,7 @@ BRIDGE_ADDR = "10.200.0.1"               # host side of the bridge: nova API, pl
 PREFIX = 24
 NOVA_API_PORT = 8774
 PLACEMENT_PORT = 8778
+CINDER_API_PORT = 8776                   # cinder-api (block-storage v3), beside nova's API on the bridge address
 REMOTE_PORT = 3121                       # pacemaker-remoted
 BMC_ADDR = "127.0.0.1"
 BMC_BASE_PORT = 6230                     # node i's BMC listens on BMC_BASE_PORT + i
@@ -82,6 +83,11 @@ def nodes(count: int = DEFAULT_NODES) -> list[Node]:
 
 def nova_url() -> str:
     return f"http://{BRIDGE_ADDR}:{NOVA_API_PORT}/v2.1"
+
+
+def cinder_url() -> str:
+    """The block-storage v3 endpoint (no project in the path)."""
+    return f"http://{BRIDGE_ADDR}:{CINDER_API_PORT}/v3"
 
 
 def nova_control_url() -> str:

@@ -7,7 +7,8 @@ crashup nor tests.lab: everything comes from the command line.
 
 It reuses nova's own functional-test harness (nova.tests, shipped in the nova wheel) for the plumbing: the
 oslo.messaging 'fake://' in-process transport, nova's fake virt driver (one FakeDriver per compute host), nova's
-in-process Glance/Neutron/Cinder fakes and an in-process Placement.  Databases are real sqlite files (api, cell0,
+in-process Glance/Neutron/Cinder fakes and an in-process Placement.  With --cinder-url (the lab's real cinder,
+tests/lab/cinder.py) nova's Cinder fake is left out and nova calls that cinder over HTTP.  Databases are real sqlite files (api, cell0,
 cell1 in --state-dir, WAL) made by nova's migrations, with real cell and host mappings.  Everything a client talks
 to over HTTP (compute API, placement) is real nova / placement code; conductor, scheduler and nova-compute are real
 nova managers.
@@ -461,11 +462,66 @@ def make_box_class():
             self.api_fixture = self.useFixture(nova_fixtures.OSAPIFixture(
                 api_version='v2.1', stub_keystone=True))
             self.admin_api = self.api = self.api_fixture.admin_api
+            if ARGS.cinder_url:
+                _context_keeps_token(self)
 
     return Box
 
 
+def _skip_cinder_fixture():
+    """A real cinder (--cinder-url): nova's test base must not install its
+    CinderFixture, which mocks ~20 nova.volume.cinder.API methods."""
+    import fixtures
+    from nova.tests import fixtures as nova_fixtures
+
+    class NoCinderFixture(fixtures.Fixture):
+        def __init__(self, test):
+            super().__init__()
+    nova_fixtures.CinderFixture = NoCinderFixture
+
+
+def _cinder_flags(box):
+    """nova -> the lab's cinder without keystone: the endpoint is fixed, user
+    requests carry the user's token (see _context_keeps_token), requests of
+    admin contexts without one (periodic tasks) the admin token; every request
+    also carries a service token, as nova's [service_user] sends it, so that
+    cinder (tests/lab/cinderbox/labauth.py) treats it as nova's.
+    The fake virt driver needs no patch: its volume connector's host is the
+    compute's own name (FakeDriver.init_host), so a cinder attachment's
+    host_name is compute1..., as crashup checks after an evacuation."""
+    import nova.conf
+    from keystoneauth1 import loading as ks_loading
+    conf = nova.conf.CONF
+    for group in ('cinder', 'service_user'):
+        conf.register_opts(
+            ks_loading.get_auth_plugin_conf_options('admin_token'),
+            group=group)
+    url = ARGS.cinder_url
+    box.flags(endpoint_template=url, auth_type='admin_token', endpoint=url,
+              token='admin:admin', http_retries=0, group='cinder')
+    box.flags(send_service_user_token=True, auth_type='admin_token',
+              endpoint=url, token='nova:service', group='service_user')
+
+
+def _context_keeps_token(box):
+    """nova's stubbed keystone context (OSAPIFixture) drops the request's
+    token; cinder needs it (nova calls cinder as the user, with the user's
+    token): keep X-Auth-Token in the context, as keystonemiddleware does."""
+    import fixtures
+    from nova.api import auth as api_auth
+    stub = api_auth.NovaKeystoneContext._create_context
+
+    def create_context(env, **kwargs):
+        ctx = stub(env, **kwargs)
+        ctx.auth_token = env.get('HTTP_X_AUTH_TOKEN')
+        return ctx
+    box.useFixture(fixtures.MonkeyPatch(
+        'nova.api.auth.NovaKeystoneContext._create_context', create_context))
+
+
 def _flags(box):
+    if ARGS.cinder_url:
+        _cinder_flags(box)
     f = box.flags
     f(compute_driver=ARGS.driver)
     paste = os.path.join(sys.prefix, 'etc', 'nova', 'api-paste.ini')
@@ -493,6 +549,8 @@ def build():
     if not ARGS.all_placement_reads:
         _patch_skip_unused_allocation_reads()
     _patch_hangable_heartbeat()
+    if ARGS.cinder_url:
+        _skip_cinder_fixture()
     box = box_class('runTest')
     t0 = time.time()
     box.setUp()
@@ -724,6 +782,10 @@ def main():
                    "resource-tracker update (slow with many servers/host)")
     p.add_argument('--busy-poll', action='store_true',
                    help="keep oslo.messaging fake driver's 50ms polling")
+    p.add_argument('--cinder-url', default='',
+                   help="a real cinder's block-storage v3 endpoint (no "
+                   "keystone: token admin:admin); default: nova's in-process "
+                   "CinderFixture")
     p.add_argument('--exit-with-pid', type=int, default=0,
                    help='exit (as on SIGTERM) once this process is gone '
                    '(a test runner killed without cleanup leaks no box)')
