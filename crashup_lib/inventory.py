@@ -116,12 +116,16 @@ class Tuning:
     nova_compute_start_timeout: float = 120
     nova_compute_stop_timeout: float = 60
     nova_compute_failure_timeout: float = 60
+    #: a controller's fencing waits this long (pcmk_delay_base): one cut off from the others has lost quorum and
+    #: stopped crashup's daemons by then (no-quorum-policy=stop), before the majority powers it off
+    controller_fence_delay: float = 15
 
 
 @dataclasses.dataclass(frozen=True)
 class Inventory:
     controllers: tuple[str, ...]
     computes: tuple[Compute, ...]
+    controller_bmcs: Mapping[str, Bmc] = dataclasses.field(default_factory=dict)   # {controller: its BMC}
     stonith_action: str = ""             # empty: Pacemaker's default
     config_file: str = config.DEFAULT_PATH
     state_dir: str = "/run/crashup"
@@ -357,16 +361,26 @@ class _Reader:
         action = self.text(cluster.get("stonith_action"), "cluster.stonith_action")
         if action not in ("", "off", "reboot"):
             self.fail("cluster.stonith_action", f"{_shown(action)} is not allowed: expected off or reboot")
-        controllers = tuple(self.name(c, f"controllers[{i}]")
-                            for i, c in enumerate(self.sequence(top["controllers"], "controllers")))
         bmc_defaults = self.mapping(top.get("bmc_defaults"), "bmc_defaults", _BMC_KEYS)
+        controllers, controller_bmcs = [], {}
+        for i, c in enumerate(self.sequence(top["controllers"], "controllers")):
+            key = f"controllers[{i}]"
+            if isinstance(c, dict):             # {name, bmc}: the controller is fenced through its BMC
+                c = self.mapping(c, key, ("name", "bmc"), required=("name", "bmc"))
+                controllers.append(self.name(c["name"], f"{key}.name"))
+                controller_bmcs[controllers[-1]] = self.bmc(c["bmc"], f"{key}.bmc", bmc_defaults, controllers[-1])
+            else:
+                controllers.append(self.name(c, key))
+        if len(controllers) > 1 and len(controller_bmcs) < len(controllers):
+            self.warnings.append(f"inventory: {self.source}: controllers: a controller without a bmc cannot be "
+                                 "fenced: when it is lost, Pacemaker cannot move crashup's daemons off it")
         computes = tuple(self.compute(c, f"computes[{i}]", bmc_defaults)
                          for i, c in enumerate(self.sequence(top["computes"], "computes")))
         self.unique([*controllers, *(c.name for c in computes)], "node name", "controllers/computes")
         self.unique([c.nova_host for c in computes], "nova_host", "computes")
         crashup = self.mapping(top.get("crashup"), "crashup", ("config_file", "state_dir"))
         return Inventory(
-            controllers=controllers, computes=computes, stonith_action=action,
+            controllers=tuple(controllers), controller_bmcs=controller_bmcs, computes=computes, stonith_action=action,
             config_file=self.path(crashup.get("config_file"), "crashup.config_file", config.DEFAULT_PATH),
             state_dir=self.path(crashup.get("state_dir"), "crashup.state_dir", "/run/crashup"),
             conf=self.conf(top), nova_compute=self.nova_compute(top.get("nova_compute")),

@@ -56,6 +56,10 @@ class PacemakerError(RuntimeError):
     """A Pacemaker tool failed or answered something unreadable; the message is one line."""
 
 
+class NoQuorum(PacemakerError):
+    """This node's partition has no quorum: it must not write a request, fence, or evacuate (the majority does)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RecoveryRequest:
     node: str                      # Pacemaker node name
@@ -155,9 +159,35 @@ def request(node: str, timeout: float = 15.0) -> RecoveryRequest | None:
     return requests(timeout).get(node)
 
 
+def quorate(timeout: float = 15.0) -> bool:
+    """Whether this node's partition has quorum (`crm_node --quorum` prints 1 or 0; it exits non-zero with 0)."""
+    try:
+        done = subprocess.run(["crm_node", "--quorum"], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise PacemakerError("crm_node not found: is Pacemaker installed?") from None
+    except subprocess.TimeoutExpired:
+        raise PacemakerError(f"Timed out: crm_node --quorum did not answer within {timeout:g}s") from None
+    answer = done.stdout.strip()
+    if answer not in ("0", "1"):
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise PacemakerError(f"crm_node --quorum failed (exit {done.returncode}): "
+                             f"{detail[-1] if detail else 'no output'}")
+    return answer == "1"
+
+
+def require_quorum(what: str, timeout: float = 15.0) -> None:
+    """NoQuorum unless this partition is quorate: a controller cut off from the others acts on nothing (its CIB
+    writes could even win when it joins again: the join keeps the CIB of the highest version)."""
+    if not quorate(timeout):
+        raise NoQuorum(f"no quorum: not {what} from a partition cut off from the majority")
+
+
 def write_request(req: RecoveryRequest, timeout: float = 15.0) -> None:
     """The request, and its state mirror, ordered so that a stop between the two writes errs on the safe side:
-    an opening request holds the node (mirror) first, a closing one is closed (request) before it lets go."""
+    an opening request holds the node (mirror) first, a closing one is closed (request) before it lets go.
+    Never from a partition without quorum (NoQuorum)."""
+    require_quorum(f"writing the recovery request of {req.node}", timeout)
     if req.open:
         write_state_mirror(req, timeout)
     _run(["crm_attribute", "--type", "nodes", "--node", req.node, "--name", REQUEST_ATTRIBUTE,
@@ -275,7 +305,8 @@ def request_fencing(node: str, timeout: float = 120.0) -> None:
     connection's failure for its reconnect_interval: it schedules probes behind it, they fail "Not connected to
     remote executor", the stops that follow fail alike and get the node fenced, again and again (seen in the lab
     after a full cluster restart; ClusterLabs/pacemaker#1806 fixed a sibling). A refresh makes the scheduler probe
-    the connection itself first."""
+    the connection itself first. Never from a partition without quorum (NoQuorum)."""
+    require_quorum(f"fencing {node}")
     _run(["stonith_admin", "--reboot", node, "--timeout", str(int(timeout))], timeout + 15)
     try:
         _run(["crm_resource", "--refresh", "--resource", node], 30)
@@ -308,6 +339,9 @@ class Cluster:
 
     def survey(self) -> tuple[dict[str, RecoveryRequest], list[RecoveryRequest]]:
         return survey()
+
+    def quorate(self) -> bool:
+        return quorate()
 
     def requests(self) -> dict[str, RecoveryRequest]:
         return requests()

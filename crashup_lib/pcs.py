@@ -33,10 +33,25 @@ def _s(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+def _ipmi_device(node: str, b: Bmc, t: Tuning, *extra: str) -> list[str]:
+    """A fence_crashup_ipmi device for one node; only the password's source (never a password read) is shown."""
+    secret = next(f"{k}={getattr(b, k)}" for k in PASSWORD_SOURCES if getattr(b, k))
+    return ["stonith", "create", f"ipmi-{node}", "fence_crashup_ipmi", f"ip={b.address}", f"ipport={b.port}",
+            f"username={b.user}", secret, f"pcmk_host_list={node}", *extra,
+            "op", "monitor", f"interval={_s(t.fence_monitor_interval)}"]
+
+
 def commands(inv: Inventory) -> list[list[str]]:
-    """The pcs commands (each an argument list after `pcs`) that configure instance HA on an empty cluster."""
+    """The pcs commands (each an argument list after `pcs`) that configure instance HA on an empty cluster.
+
+    Several controllers: each with a BMC gets its fence device, never run on the controller it fences, whose fencing
+    waits `controller_fence_delay` (pcmk_delay_base): a controller cut off from the others loses quorum and, with
+    no-quorum-policy=stop, stops crashup's daemons itself before the majority powers it off, and only then do they
+    start on the majority's side (Pacemaker recovers a lost node's resources only once it is fenced). The daemons
+    stick where they run (resource-stickiness): a controller coming back does not pull them over mid-recovery."""
     t = inv.tuning
     names = [c.name for c in inv.computes]
+    several = len(inv.controllers) > 1
     cmds: list[list[str]] = []
     for c in inv.computes:
         # --force: pcs wants `pcs cluster node add-remote`, which needs pcsd on the node; a resource is enough
@@ -47,24 +62,25 @@ def commands(inv: Inventory) -> list[list[str]]:
                      f"timeout={_s(t.remote_monitor_timeout)}",
                      "op", "start", f"timeout={_s(t.remote_start_timeout)}", "--force"])
     for c in inv.computes:
-        b = c.bmc
-        secret = next(f"{k}={getattr(b, k)}" for k in PASSWORD_SOURCES if getattr(b, k))
-        cmds.append(["stonith", "create", f"ipmi-{c.name}", "fence_crashup_ipmi", f"ip={b.address}",
-                     f"ipport={b.port}", f"username={b.user}", secret, f"pcmk_host_list={c.name}",
-                     "op", "monitor", f"interval={_s(t.fence_monitor_interval)}"])
+        cmds.append(_ipmi_device(c.name, c.bmc, t))
+    for name, b in inv.controller_bmcs.items():
+        cmds.append(_ipmi_device(name, b, t, f"pcmk_delay_base={_s(t.controller_fence_delay)}"))
+        cmds.append(["constraint", "location", "add", f"ipmi-{name}-not-on-{name}", f"ipmi-{name}", name,
+                     "--", "-INFINITY"])
     cmds.append(["stonith", "create", NOVA_FENCE, "fence_crashup_nova", f"config_file={inv.config_file}",
                  f"pcmk_host_list={' '.join(names)}", "op", "monitor", f"interval={_s(t.fence_monitor_interval)}"])
     for c in inv.computes:     # power off first, then nova: both must succeed
         cmds.append(["stonith", "level", "add", "1", c.name, f"ipmi-{c.name}", NOVA_FENCE])
     # ocf:crashup:* with --force: nova-compute is installed on compute nodes, not where pcs runs
+    sticky = ["meta", "resource-stickiness=100"] if several else []
     cmds.append(["resource", "create", CRASHUP, "ocf:crashup:crashup", f"config={inv.config_file}",
                  f"state_dir={inv.state_dir}", "op", "monitor", f"interval={_s(t.crashup_monitor_interval)}",
-                 f"timeout={_s(t.crashup_monitor_timeout)}", "--force"])
+                 f"timeout={_s(t.crashup_monitor_timeout)}", *sticky, "--force"])
     daemons = [CRASHUP]
     if inv.sweeps:             # the same agent runs the sweep: its own pid and heartbeat in the same state_dir
         cmds.append(["resource", "create", SWEEP, "ocf:crashup:crashup", "daemon=sweep", f"config={inv.config_file}",
                      f"state_dir={inv.state_dir}", "op", "monitor", f"interval={_s(t.crashup_monitor_interval)}",
-                     f"timeout={_s(t.crashup_monitor_timeout)}", "--force"])
+                     f"timeout={_s(t.crashup_monitor_timeout)}", *sticky, "--force"])
         daemons.append(SWEEP)
     for daemon in daemons:     # never run nor probed on a compute node: the daemons belong on controllers
         for name in names:
@@ -91,7 +107,8 @@ def commands(inv: Inventory) -> list[list[str]]:
     cmds.append(["constraint", "location", f"{NOVA_COMPUTE}-clone", "rule", f"id={NOVA_COMPUTE}-held-during-recovery",
                  "score=-INFINITY", STATE_ATTRIBUTE, "eq", "pending", "or", STATE_ATTRIBUTE, "eq", "recovering"])
     cmds.append(["property", "set", "stonith-enabled=true",
-                 *([f"stonith-action={inv.stonith_action}"] if inv.stonith_action else [])])
+                 *([f"stonith-action={inv.stonith_action}"] if inv.stonith_action else []),
+                 *(["no-quorum-policy=stop"] if several else [])])
     return _checked_commands(inv, cmds)
 
 

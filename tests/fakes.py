@@ -27,9 +27,13 @@ class FakeCluster:
         self.fenced = True
         self.in_flight = False
         self.refenced: list[str] = []
+        self.has_quorum = True
 
     def survey(self):
         return dict(self.saved), [r for r in self.saved.values() if self.mirror.get(r.node) != r.state]
+
+    def quorate(self):
+        return self.has_quorum
 
     def requests(self):
         return dict(self.saved)
@@ -38,6 +42,8 @@ class FakeCluster:
         return self.saved.get(node)
 
     def write_request(self, req):
+        if not self.has_quorum:
+            raise pacemaker.NoQuorum(f"no quorum: not writing the recovery request of {req.node}")
         self.saved[req.node] = req
         self.mirror[req.node] = req.state
 

@@ -150,6 +150,39 @@ def test_auto_mode_evacuates_and_closes_the_request(cluster):
     assert rec.emitter.events[-1]["payload"]["evacuated"] == 2
 
 
+def test_quorum_lost_mid_recovery_stops_the_evacuations_not_yet_asked_and_the_request_stays_open(cluster):
+    """A controller cut off from the majority after fencing was confirmed: no evacuate call from it after that (the
+    majority's daemon recovers the host), and the request it could not write stays as the majority sees it."""
+    nova = FakeNova([server(f"s{i}") for i in range(4)])
+    asked = []
+
+    def quorum():
+        asked.append(len(nova.evacuations))
+        cluster.has_quorum = len(nova.evacuations) < 2        # the cut comes after two evacuate calls
+        return cluster.has_quorum
+    cluster.quorate = quorum
+    rec = recovery(cluster, nova, concurrency=1)
+    with pytest.raises(pacemaker.NoQuorum):
+        rec.recover(request())
+    assert len(nova.evacuations) == 2 and asked[-1] == 2
+    assert cluster.saved["compute1"].open
+
+
+def test_the_daemon_acts_on_no_request_without_quorum(cluster, tmp_path):
+    from crashup_lib.recovery import daemon
+    cluster.saved["compute1"] = request()
+    cfg = config.load(env={})
+    d = daemon.Daemon(cfg, state_dir=str(tmp_path), cluster=cluster, nova_factory=FakeNova, emitter=Recorder())
+    cluster.has_quorum = False
+    d.tick()
+    assert d.workers == {} and d.inquorate
+    cluster.has_quorum = True
+    d.tick()
+    assert list(d.workers) == ["compute1"] and not d.inquorate
+    d.stop()
+    d.workers["compute1"].join(10)
+
+
 def test_an_instance_deleted_during_recovery_is_finished_not_failed():
     step = P.EvacuationStep(server_id="x", name="x", priority=0, group=None, target=None, after="none",
                             prepare="none", reason="", wave=0)

@@ -18,6 +18,9 @@ def cib(tmp_path, monkeypatch):
     nodes.write_text("<nodes/>")
     (bin_dir / "cibadmin").write_text(f"#!/bin/sh\ncat {nodes}\n")
     (bin_dir / "crm_attribute").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    quorum = tmp_path / "quorum"
+    quorum.write_text("1")
+    (bin_dir / "crm_node").write_text(f"#!/bin/sh\ncat {quorum}; echo; grep -q 1 {quorum}\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
@@ -28,6 +31,10 @@ def cib(tmp_path, monkeypatch):
             pairs = "".join(f"<nvpair id='{node}-{k}' name='{k}' value='{v}'/>" for k, v in attrs.items())
             nodes.write_text(f"<nodes><node id='{node}' uname='{node}'><instance_attributes id='n'>{pairs}"
                              "</instance_attributes></node></nodes>")
+
+        @staticmethod
+        def quorum(has: bool):
+            quorum.write_text("1" if has else "0")
 
         @staticmethod
         def writes():
@@ -48,6 +55,19 @@ def test_an_opening_request_holds_the_node_before_it_is_written(cib):
 def test_a_closing_request_is_closed_before_the_node_is_let_go(cib):
     pacemaker.write_request(req("done"))
     assert cib.writes() == [["crashup-recovery", req("done").to_value()], ["crashup-recovery-state", "done"]]
+
+
+def test_a_partition_without_quorum_writes_no_request_and_fences_nothing(cib):
+    cib.quorum(False)
+    for state in ("pending", "done"):
+        with pytest.raises(pacemaker.NoQuorum, match="no quorum"):
+            pacemaker.write_request(req(state))
+    with pytest.raises(pacemaker.NoQuorum):
+        pacemaker.request_fencing("compute1")
+    assert cib.writes() == []
+    cib.quorum(True)
+    pacemaker.write_request(req("done"))
+    assert len(cib.writes()) == 2
 
 
 def test_survey_finds_requests_whose_mirror_lags(cib):

@@ -35,6 +35,7 @@ class Daemon:
         self.stop_event = threading.Event()
         self.workers: dict[str, threading.Thread] = {}
         self.lagging: set = set()                  # requests whose state mirror lagged at the last tick
+        self.inquorate = False                     # the partition had no quorum at the last tick
         self._nova_factory = nova_factory
         self._cinder_factory = cinder_factory
         self._emitter = emitter
@@ -113,6 +114,14 @@ class Daemon:
         LOG.info("recovery daemon stopped")
 
     def tick(self) -> None:
+        if not self.cluster.quorate():            # cut off: the majority's daemon recovers; Pacemaker stops this one
+            if not self.inquorate:
+                LOG.warning("no quorum: acting on no recovery request until the cluster is whole again")
+            self.inquorate = True
+            return
+        if self.inquorate:
+            LOG.info("quorum back: watching recovery requests again")
+        self.inquorate = False
         found, lagging = self.cluster.survey()
         # a lag seen twice in a row is a writer that stopped between its two writes, not one still writing
         for req in lagging:
@@ -134,6 +143,9 @@ class Daemon:
             try:
                 req = self.cluster.request(node)
                 if req is None or not req.open:
+                    return
+                if not self.cluster.quorate():        # the watch starts it again once quorum is back
+                    LOG.warning("%s: no quorum: its recovery waits for the majority", node)
                     return
                 progress = self.recovery().recover(req)
                 LOG.info("%s", progress.summary)

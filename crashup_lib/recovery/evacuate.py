@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 from crashup_lib import log
 from crashup_lib import nova as nova_api
+from crashup_lib.pacemaker import NoQuorum
 
 if TYPE_CHECKING:
     from crashup_lib.plan import EvacuationStep
@@ -80,7 +81,8 @@ def _ts(value) -> float:
 class Evacuator:
     def __init__(self, nova, *, source_host: str, fenced_at: float, microversion: str | None = None,
                  concurrency: int = 8, instance_timeout: float = 300, poll_interval: float = 0.5,
-                 on_outcome: Callable[[Outcome], None] | None = None):
+                 on_outcome: Callable[[Outcome], None] | None = None,
+                 may_act: Callable[[], bool] = lambda: True):
         self.nova = nova
         self.source = source_host
         # nova keeps whole seconds; a migration made by this recovery cannot predate the fencing record
@@ -90,6 +92,7 @@ class Evacuator:
         self.instance_timeout = instance_timeout
         self.poll_interval = poll_interval
         self.on_outcome = on_outcome or (lambda outcome: None)
+        self.may_act = may_act            # asked before each evacuate call: the cluster's quorum
 
     def run(self, waves) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -147,6 +150,9 @@ class Evacuator:
         target = track.step.target
         last = ""
         while track.attempts < ATTEMPTS:
+            if not self.may_act():             # cut off from the majority meanwhile: its daemon goes on instead
+                raise NoQuorum(f"no quorum: not evacuating {track.step.server_id} from a partition cut off from "
+                               "the majority")
             track.attempts += 1
             try:
                 self.nova.evacuate(track.step.server_id, target_host=target, microversion=self.microversion)

@@ -237,7 +237,7 @@ class Recovery:
 
         evacuator = Evacuator(self.nova, source_host=host, fenced_at=req.fenced_at, microversion=self.microversion,
                               concurrency=self.cfg.concurrency, instance_timeout=self.cfg.instance_timeout,
-                              on_outcome=report)
+                              on_outcome=report, may_act=self.cluster.quorate)
         try:
             outcomes = evacuator.run(the_plan.waves)
         finally:

@@ -2,7 +2,6 @@
 journal and nova's evacuation records, switching the recovery daemon off or its mode; on the notification bus, a
 consumer of the lab's broker (BusTap) and a watch that no server is ever on two hypervisors (GuestWatch)."""
 import contextlib
-import subprocess
 import threading
 import time
 
@@ -11,8 +10,10 @@ from tests.lab.nova_env import IMAGE_ID
 
 
 def set_daemon(enabled: bool, check: bool = True):
-    subprocess.run(["pcs", "resource", "enable" if enabled else "disable", "crashup", "--wait=60"], check=check,
-                   capture_output=True, timeout=90)
+    """The recovery daemon's resource enabled or disabled (in a live controller when the lab has several)."""
+    from tests.lab import pacemaker
+    pacemaker.tool(["pcs", "resource", "enable" if enabled else "disable", "crashup", "--wait=60"], check=check,
+                   timeout=90)
 
 
 @contextlib.contextmanager
@@ -79,6 +80,23 @@ def evacuations(lab, server_ids):
 
 
 
+def assert_recovered_exactly_once(lab, node, server_ids):
+    """Every server ACTIVE off the failed node, evacuated once (nova's migration records), on one hypervisor."""
+    conn = lab.connection()
+    by_id = {s.id: s for s in conn.compute.servers(all_projects=True)}
+    for sid in server_ids:
+        server = by_id[sid]
+        assert server.compute_host != node.nova_host and server.status == "ACTIVE", (server.name, server.status)
+    for sid, migrations in evacuations(lab, server_ids).items():
+        # never evacuated twice: one evacuation that did not fail (a failed one nova rolled back may precede it)
+        kept = [(m.source_compute, m.status) for m in migrations if m.status not in ("failed", "error")]
+        assert kept in ([(node.nova_host, "done")], [(node.nova_host, "completed")]), \
+            (sid, [(m.source_compute, m.status, m.created_at) for m in migrations])
+    guests = lab.nova().guests()
+    for sid in server_ids:                                  # no VM runs on two hypervisors
+        assert sum(sid in ids for ids in guests.values()) == 1, (sid, guests)
+
+
 def delete_servers(lab):
     """Every server deleted, and gone."""
     conn = lab.connection()
@@ -109,8 +127,8 @@ def tidy_up(lab):
 
 
 def restart_daemon():
-    subprocess.run(["crm_resource", "--restart", "--resource", "crashup", "--timeout", "60s"], check=True,
-                   capture_output=True, timeout=90)
+    from tests.lab import pacemaker
+    pacemaker.tool(["crm_resource", "--restart", "--resource", "crashup", "--timeout", "60s"], timeout=90)
 
 
 @contextlib.contextmanager

@@ -14,28 +14,14 @@ import pytest
 
 from crashup_lib import events
 from tests.e2e import scenario
-from tests.e2e.scenario import _epoch, boot, daemon_stopped, delete_servers, evacuations, journal, wait_request
+from tests.e2e.scenario import (_epoch, assert_recovered_exactly_once, boot, daemon_stopped, delete_servers,
+                                evacuations, journal, wait_request)
 from tests.lab import pacemaker
 
 pytestmark = pytest.mark.lab
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
-
-def assert_recovered_exactly_once(lab, node, server_ids):
-    conn = lab.connection()
-    by_id = {s.id: s for s in conn.compute.servers(all_projects=True)}
-    for sid in server_ids:
-        server = by_id[sid]
-        assert server.compute_host != node.nova_host and server.status == "ACTIVE", (server.name, server.status)
-    for sid, migrations in evacuations(lab, server_ids).items():
-        # never evacuated twice: one evacuation that did not fail (a failed one nova rolled back may precede it)
-        kept = [(m.source_compute, m.status) for m in migrations if m.status not in ("failed", "error")]
-        assert kept in ([(node.nova_host, "done")], [(node.nova_host, "completed")]), \
-            (sid, [(m.source_compute, m.status, m.created_at) for m in migrations])
-    guests = lab.nova().guests()
-    for sid in server_ids:                                  # no VM runs on two hypervisors
-        assert sum(sid in ids for ids in guests.values()) == 1, (sid, guests)
 
 
 def validate(evs):

@@ -9,9 +9,8 @@ completed (attaching), os-begin_detaching with nothing after it (detaching), a d
 (deleting). What no API can leave behind (a volume attached by nova whose completion was lost; a create that died) is
 written to cinder's database, as tests/e2e/test_sweep.py does for nova's rows.
 
-The guest's disks come from the lab's hypervisor (nova's fake driver in the nova box): the volumes of a guest are the
-box's `volumes` view when it gives one, else nova's block device mappings of the server (what nova attached to the
-fake driver, in the same call), a stand-in for libvirt's <serial> of a real host (health.LibvirtVolumes)."""
+The guest's disks come from the lab's hypervisor (nova's fake driver in the nova box, tests/lab/hypervisor.py): the
+volumes its guest holds connected, as libvirt's <serial> of a real host says (health.LibvirtVolumes)."""
 import contextlib
 import sqlite3
 import time
@@ -19,38 +18,14 @@ import time
 import pytest
 
 from crashup_lib import config, events, health
-from crashup_lib.rules import UNKNOWN
 from crashup_lib.sweep import fix, wiring
 from crashup_lib.sweep.sweep import sweep_once
 from tests.e2e.scenario import delete_servers, journal
-from tests.lab.hypervisor import POWER_REALITIES
+from tests.lab.hypervisor import FakeHypervisorBackend
 
 pytestmark = pytest.mark.lab
 
 STALE_PERIOD = 2                     # the rows are made just before: stuck after 2 s
-
-
-class LabGuests:
-    """A health.GuestReader over the lab's hypervisor (see the module's docstring)."""
-    name, timeout = "lab hypervisor", 10.0
-
-    def __init__(self, box, volumes):
-        self.box, self.volumes = box, volumes
-        self.asked: list[tuple[str, str]] = []
-
-    def guest_disks(self, host, instance_uuid):
-        self.asked.append((host, instance_uuid))
-        view = self.box.control("GET", f"computes/{host}/guests")
-        if not view.get("running"):
-            raise RuntimeError(f"{host}: hypervisor not answering")
-        power = view.get("power_states", {}).get(instance_uuid)
-        if power is None:
-            return None
-        if "volumes" in view:
-            ids = view["volumes"].get(instance_uuid, [])
-        else:
-            ids = [a["volumeId"] for a in self.volumes.server_volumes(instance_uuid)]
-        return health.GuestDisks(POWER_REALITIES.get(power, UNKNOWN), frozenset(ids))
 
 
 def lab_cinder(lab):
@@ -179,7 +154,7 @@ def test_volumes_left_by_a_dead_cinder_volume_end_where_the_rules_say(lab, world
                                                         "creating", "deleting"]
     time.sleep(STALE_PERIOD + 0.5)
     cfg = sweep_config(lab, cinder)
-    guests = LabGuests(lab.nova(), volumes)
+    guests = FakeHypervisorBackend(lab.nova())
 
     before = read_rows(cinder, ids)
     result, said = sweep(cfg, cinder_sweeper(cfg), guests, dry_run=True)
@@ -197,7 +172,7 @@ def test_volumes_left_by_a_dead_cinder_volume_end_where_the_rules_say(lab, world
     assert status(volumes, detached) == ("available", 0)
     assert volumes.get(creating)["status"] == "error"
     assert volumes.get(deleting)["status"] == "deleting"       # left: cinder-volume resumes it
-    assert {(host, server)} == set(guests.asked)               # the instance's host, about the instance
+    assert {(host, server)} == set(guests.disks_asked)               # the instance's host, about the instance
     got = {e["payload"]["id"]: (e["type"], e["payload"]["action"]) for e in journal(lab, since)
            if e["payload"].get("service") == "cinder"}
     assert got == {attached: (fix.RECOVERED, "reset-state"), not_attached: (fix.RECOVERED, "reset-state"),
@@ -237,14 +212,14 @@ def test_a_racing_update_is_left_alone(lab, world):
     attachment = cinder_attachment(volumes, vid, server, host)
     time.sleep(STALE_PERIOD + 0.5)
 
-    class Racing(LabGuests):
+    class Racing(FakeHypervisorBackend):
         def guest_disks(self, host, instance_uuid):
             volumes.cinder("POST", f"/attachments/{attachment}/action", {"os-complete": None})
             volumes.wait(vid, "in-use", 30)
-            return super().guest_disks(host, instance_uuid)   # nova has no such volume: "absent" -> available
+            return super().guest_disks(host, instance_uuid)   # the guest has no such volume: "absent" -> available
     cfg = sweep_config(lab, cinder)
 
-    result, _ = sweep(cfg, cinder_sweeper(cfg), Racing(lab.nova(), volumes))
+    result, _ = sweep(cfg, cinder_sweeper(cfg), Racing(lab.nova()))
 
     assert result.counts == {fix.LOST_RACE: 1}, result.summary()
     assert status(volumes, vid) == ("in-use", 1)

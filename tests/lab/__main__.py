@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from tests.lab import lab, topology
+from tests.lab import controllers, lab, topology
 from tests.lab.netns import LabError
 from tests.lab.nova_env import NovaBoxError, NovaEnvError
 
@@ -13,16 +13,23 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring the whole lab up")
     up.add_argument("--nodes", type=int, default=topology.DEFAULT_NODES, choices=range(1, 7), metavar="1-6")
+    up.add_argument("--controllers", type=int, default=1, choices=(1, 3, 5),
+                    help="1: ctl1 on the host (default); 3 or 5: each in its own namespaces, fenced by its BMC")
     sub.add_parser("down", help="stop everything and remove what the lab made (logs stay)")
     sub.add_parser("status", help="cluster, BMC, bus, cinder and nova state")
+    crm = sub.add_parser("crm", help="run a command inside a controller (several controllers): crm ctl2 -- crm_mon -1")
+    crm.add_argument("controller")
+    crm.add_argument("cmd", nargs=argparse.REMAINDER)
     f = sub.add_parser("fail", help="fail a compute node (--how crash|net|power), the bus (fail bus --how "
                                     "stop|freeze|start) or a cinder service (fail cinder-volume --how kill|start)")
     f.add_argument("node", help="a compute node, `bus` for the RabbitMQ broker, or cinder-api|cinder-scheduler|"
                                 "cinder-volume")
-    f.add_argument("--how", choices=tuple(dict.fromkeys(lab.FAILURES + lab.BUS_FAILURES + lab.CINDER_FAILURES)),
+    f.add_argument("--how", choices=tuple(dict.fromkeys(lab.FAILURES + lab.BUS_FAILURES + lab.CINDER_FAILURES
+                                                        + controllers.FAILURES)),
                    help="a node: crash (default), net, power; the bus: stop (SIGKILL, default), freeze (SIGSTOP), "
                         "start (SIGCONT a frozen broker, start a stopped one); a cinder service: kill (SIGKILL, "
-                        "default), start")
+                        "default), start; a controller (ctlN, several controllers): crash (default), net (cut off), "
+                        "heal (link back), stop (clean shutdown), boot")
     pw = sub.add_parser("power", help="power a node on or off through its BMC")
     pw.add_argument("node")
     pw.add_argument("state", choices=("on", "off"))
@@ -38,8 +45,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.command == "up":
-            print(f"lab up: ctl1 + {args.nodes} compute nodes")
-            t = lab.up(args.nodes)
+            print(f"lab up: {'ctl1' if args.controllers == 1 else f'{args.controllers} controllers'} + {args.nodes} "
+                  "compute nodes")
+            t = lab.up(args.nodes, controllers=args.controllers)
             print(f"lab up in {t.total:.1f}s; export OS_CLIENT_CONFIG_FILE={lab.CLOUDS_YAML} (cloud {lab.CLOUD})")
         elif args.command == "down":
             print("lab down")
@@ -47,6 +55,16 @@ def main(argv=None) -> int:
             print(f"lab down in {t.total:.1f}s")
         elif args.command == "status":
             print(lab.status_text())
+        elif args.command == "crm":
+            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            if not cmd:
+                p.error("crm CTL -- COMMAND...: no command")
+            return controllers.main(["crm", args.controller, "--", *cmd])
+        elif args.command == "fail" and controllers.read_state() and args.node.startswith("ctl"):
+            how = args.how or "crash"
+            if how not in controllers.FAILURES:
+                p.error(f"fail {args.node}: a controller takes --how {', '.join(controllers.FAILURES)}")
+            print(controllers.fail(controllers.controller(args.node), how))
         elif args.command == "fail" and args.node == "bus":
             how = args.how or "stop"
             if how not in lab.BUS_FAILURES:

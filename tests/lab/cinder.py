@@ -31,7 +31,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from tests.lab import topology
+from tests.lab import procs, topology
 
 BOX_DIR = pathlib.Path(__file__).resolve().parent / "cinderbox"
 CONF_TEMPLATE = BOX_DIR / "cinder.conf.in"
@@ -49,17 +49,6 @@ class CinderError(RuntimeError):
     """One line: what failed and why."""
 
 
-def _alive(pid: int | None, needle: bytes) -> bool:
-    """pid runs (not a zombie) and its command line holds needle (a recycled pid is not ours)."""
-    if not pid:
-        return False
-    try:
-        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return needle in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
 
 def _group(pgid: int) -> list[int]:
     """The live (non-zombie) processes of process group pgid."""
@@ -71,13 +60,6 @@ def _group(pgid: int) -> list[int]:
                 found.append(int(proc.name))
     return found
 
-
-def _rss(pid: int) -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
@@ -158,14 +140,14 @@ class Cinder:
             pid = int(self._pid_file(service).read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid, f"cinder-{service}".encode()) else None
+        return pid if procs.alive(pid, f"cinder-{service}".encode()) else None
 
     def pids(self) -> dict[str, int]:
         return {s: p for s in SERVICES if (p := self.pid(s))}
 
     def rss_bytes(self) -> dict[str, int]:
         """Resident memory per service, its workers included (cinder-api and cinder-volume fork one)."""
-        return {s: sum(_rss(p) for p in _group(pgid)) for s, pgid in self.pids().items()}
+        return {s: sum(procs.rss(p) for p in _group(pgid)) for s, pgid in self.pids().items()}
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def prepare(self, broker) -> None:
@@ -428,11 +410,12 @@ class Cinder:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 raw = r.read()
         except urllib.error.HTTPError as e:
-            raise CinderError(f"cinder {method} {path}: HTTP {e.code}: {_message(e.read())}") from None
+            raise CinderError(f"cinder {method} {path}: HTTP {e.code}: {api_message(e.read())}") from None
         return json.loads(raw) if raw else None
 
 
-def _message(raw: bytes) -> str:
+def api_message(raw: bytes) -> str:
+    """The message of an OpenStack API error body ({"badRequest": {"message": ...}}), else the raw text; one line."""
     try:
         body = json.loads(raw)
         inner = next(iter(body.values())) if isinstance(body, dict) and body else body

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from tests.lab import controllers as ctl_cluster
 from tests.lab import nova_env, pacemaker, rabbitmq, topology
 from tests.lab.cinder import SERVICES as CINDER_SERVICES, Cinder, CinderError
 from tests.lab.netns import LabError
@@ -339,8 +340,11 @@ def inventory(lab_nodes: list[Node], mode: str = "auto") -> dict:
     """The lab as an operator's inventory (pcs-templates/README.md): every end-to-end test runs on the Pacemaker
     configuration and crashup.conf that `crashup pcs render` makes of it. Shorter intervals than production's."""
     ctl = f"{COMPUTE_CTL} http://{topology.BRIDGE_ADDR}:{topology.NOVA_API_PORT}"
+    # several controllers (tests/lab/controllers.py): each fenced through its BMC, with the lab's short delay
+    several = [{"name": c.name, "bmc": {"address": c.net.host, "port": c.bmc_port}}
+               for c in ctl_cluster.controllers()] if ctl_cluster.read_state() else []
     return {
-        "controllers": [topology.CONTROLLER],
+        "controllers": several or [topology.CONTROLLER],
         "bmc_defaults": {"user": topology.BMC_USER, "password_file": str(bmc_password_file())},
         "computes": [{"name": n.name, "nova_host": n.nova_host, "remote_address": n.address,
                       "bmc": {"address": topology.BMC_ADDR, "port": n.bmc_port}} for n in lab_nodes],
@@ -353,7 +357,8 @@ def inventory(lab_nodes: list[Node], mode: str = "auto") -> dict:
                          "heartbeat_cache": 5},
         "tuning": {"remote_monitor_interval": 5, "remote_monitor_timeout": 10, "remote_reconnect_interval": 5,
                    "remote_start_timeout": 20, "crashup_monitor_interval": 5, "nova_compute_monitor_interval": 5,
-                   "nova_compute_failure_timeout": 20},
+                   "nova_compute_failure_timeout": 20,
+                   **({"controller_fence_delay": ctl_cluster.LAB_FENCE_DELAY} if several else {})},
     }
 
 
@@ -375,9 +380,11 @@ def all_started(st) -> bool:
 
 # --- up / down ----------------------------------------------------------------------------------------------------------
 
-def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
-    """Bring the whole lab up; idempotent only in the sense that a running lab is refused, never adopted."""
-    if read_state():
+def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: int = 1) -> Timeline:
+    """Bring the whole lab up; idempotent only in the sense that a running lab is refused, never adopted.
+    controllers > 1: that many controllers, each in its own namespaces (tests/lab/controllers.py), instead of ctl1
+    on the host."""
+    if read_state() or ctl_cluster.read_state():
         raise LabError(f"a lab is already up ({STATE_FILE}); run `python -m tests.lab down` first")
     why = rabbitmq.available()
     if why:
@@ -431,8 +438,12 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
     nova_thread.start()                                  # nova (~3 s) starts while Pacemaker elects its DC (~4 s)
     try:
         try:
-            pacemaker.up_controller()
-            t.mark("controller ctl1 is DC")
+            if controllers > 1:
+                ctl_cluster.up(controllers, ctl_cluster.LAB, password_file=bmc_password_file())
+                t.mark(f"{controllers} controllers quorate, with a DC")
+            else:
+                pacemaker.up_controller()
+                t.mark("controller ctl1 is DC")
             for n in lab_nodes:
                 pacemaker.add_node(n)
             t.mark(f"{count} compute nodes listening (netns, pacemaker-remoted)")
@@ -448,20 +459,26 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
         if bus_error:
             raise LabError(f"RabbitMQ did not start: {bus_error[0]}")
         t.mark(f"RabbitMQ on {rabbitmq.HOST}:{bus.port} (vhost {bus.vhost}) ready, started in {bus.start_seconds:.1f}s")
-        STATE_FILE.write_text(json.dumps({"nodes": count, "nova_url": topology.nova_url(),
+        STATE_FILE.write_text(json.dumps({"nodes": count, "controllers": controllers, "nova_url": topology.nova_url(),
                                           "cinder_url": topology.cinder_url(), "cinder_db": block.db_url(),
                                           "clouds_yaml": str(write_clouds_yaml()), "cloud": CLOUD,
                                           "transport_url_file": str(TRANSPORT_URL_FILE),
                                           "crashup_conf": str(write_crashup_conf(lab_nodes))}))
-        # what an operator runs: `crashup pcs apply INVENTORY`
-        applied = subprocess.run([sys.executable, "-m", "crashup_lib.cli", "pcs", "apply",
-                                  str(write_inventory(lab_nodes))], capture_output=True, text=True, timeout=600)
-        if applied.returncode != 0:
-            raise LabError(f"crashup pcs apply failed: {(applied.stderr or applied.stdout).strip()}")
+        if controllers > 1:
+            # the same commands through the same apply_pcs, with the CIB read and pushed inside a controller (pcs
+            # -f itself runs here: inside a controller's namespaces each pcs call takes ~10 s)
+            from crashup_lib import pcs
+            pacemaker.push_config(pcs.commands(pcs.load(str(write_inventory(lab_nodes)))))
+        else:
+            # what an operator runs: `crashup pcs apply INVENTORY`
+            applied = subprocess.run([sys.executable, "-m", "crashup_lib.cli", "pcs", "apply",
+                                      str(write_inventory(lab_nodes))], capture_output=True, text=True, timeout=600)
+            if applied.returncode != 0:
+                raise LabError(f"crashup pcs apply failed: {(applied.stderr or applied.stdout).strip()}")
         t.mark("Pacemaker configuration pushed")
         pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and "crashup" in st.resources and all_started(st)
                            and all(compute_running(st, n) for n in lab_nodes),
-                           90, "every compute node online, every resource started")
+                           90 if controllers == 1 else 120, "every compute node online, every resource started")
         t.mark("every compute node online, every fence device and crashup's recovery daemon started")
     except BaseException:
         cinder_thread.join()                             # no cinder process may start after this fails (`lab down`)
@@ -475,6 +492,8 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False) -> Timeline:
 
 
 def recovery_request(n: Node):
+    if ctl_cluster.read_state():                          # read inside a live controller
+        return ctl_cluster.recovery_request(n)
     from crashup_lib import pacemaker as cluster
     return cluster.request(n.name)
 
@@ -507,6 +526,9 @@ def wait_rejoined(n: Node, timeout: float = 120) -> None:
 def down(quiet: bool = False) -> Timeline:
     """Stop everything and remove all the lab made, but logs and install caches. Safe after a partial up."""
     t = Timeline(quiet)
+    if ctl_cluster.read_state():                         # several controllers: powered off, nothing left to stop
+        ctl_cluster.down()
+        t.mark("controllers stopped and removed")
     # Pacemaker leaves resources alone from here: stopping nova-compute clones through a nova box that is already
     # gone would fail, and failed stops want fencing through BMCs that are gone too (a minute-long shutdown)
     with contextlib.suppress(Exception):
@@ -583,7 +605,8 @@ def status_text() -> str:
     state = read_state()
     if not state:
         return "lab: down"
-    lines = [f"lab: up, {state['nodes']} compute nodes; export OS_CLIENT_CONFIG_FILE={CLOUDS_YAML} "
+    several = f", {state['controllers']} controllers" if state.get("controllers", 1) > 1 else ""
+    lines = [f"lab: up, {state['nodes']} compute nodes{several}; export OS_CLIENT_CONFIG_FILE={CLOUDS_YAML} "
              f"(cloud {CLOUD})", "", pacemaker.crm_mon_text().rstrip(), ""]
     for n in nodes():
         try:

@@ -2,7 +2,11 @@
 pacemaker-remoted per compute node, each in its own network namespace (see tests/lab/netns.py and topology.py).
 
 No systemd here: the daemons are started by hand in their own sessions, recorded in RUN_DIR (pid + start time) and
-stopped by those records only.  One cluster per machine (corosync's port 5405 and Pacemaker's IPC names are global).
+stopped by those records only.  One cluster per network namespace (corosync's port 5405 and Pacemaker's IPC names
+are per namespace): up_controller refuses only daemons running in its own.  With several controllers
+(tests/lab/controllers.py: each in its own namespaces) the cluster's tools here (status, wait_for, fence_history,
+push_config's CIB read and push) run inside a live controller (`tool`), a quorate one first, or
+$CRASHUP_LAB_CONTROLLER.
 
     install()                          packages + pacemaker-remoted extracted to CACHE_DIR
     up_controller() -> timings         corosync + pacemakerd, until ctl1 is DC
@@ -243,7 +247,7 @@ def up_controller(timeout: float = 60, keep_cib: bool = False) -> dict[str, floa
     keep_cib: start from the lab's CIB as it was left (the second half of restart()), instead of a fresh seed.
     On any later failure the started parts stay up for inspection: call down().  Returns phase timings (s)."""
     clock = _Clock("controller")
-    running = pids_named(DAEMONS)
+    running = _here(pids_named(DAEMONS))
     if keep_cib:                       # a restart: the compute nodes' remoteds keep running, the cluster reconnects
         running.pop("pacemaker-remoted", None)
     if running:
@@ -306,6 +310,19 @@ def up_controller(timeout: float = 60, keep_cib: bool = False) -> dict[str, floa
     _record_children(pm)
     clock.mark("dc")
     return clock.phases
+
+
+def _here(found: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Only the processes in this network namespace: a corosync or Pacemaker in another one (a container, the
+    three-controller lab's controllers) has its own port 5405 and IPC names and is no cluster of ours."""
+    mine = os.readlink("/proc/self/ns/net")
+
+    def here(pid: int) -> bool:
+        try:
+            return os.readlink(f"/proc/{pid}/ns/net") == mine
+        except OSError:
+            return False
+    return {name: kept for name, pids in found.items() if (kept := [p for p in pids if here(p)])}
 
 
 def _record_children(pm: dict) -> None:
@@ -387,9 +404,16 @@ def link(node: Node, up: bool) -> None:
 def push_config(pcs_commands: Sequence[Sequence[str]]) -> None:
     """Apply pcs commands (arguments after `pcs`; a leading "pcs" is accepted) as `crashup pcs apply` does: each on
     a copy of the live CIB with `pcs -f`, then one `pcs cluster cib-push --config`."""
+    from crashup_lib import proc
     from crashup_lib.cli import apply_pcs
     commands = [list(cmd[1:] if cmd and cmd[0] == "pcs" else cmd) for cmd in pcs_commands]
-    if apply_pcs(commands) != 0:
+
+    def inside(argv):                     # several controllers: the CIB is read and pushed inside a live one
+        local = argv[:2] == ["pcs", "-f"]        # (pcs -f on a file is slow inside a controller: ~10 s a call)
+        cp = (run if local else tool)(argv, check=False, timeout=120)
+        return proc.Done(cp.returncode, cp.stdout, cp.stderr)
+    several = (topology.RUN_DIR / "controllers.json").exists()
+    if apply_pcs(commands, run=inside if several else None) != 0:
         raise LabError("push_config: crashup's pcs apply failed (its stderr above names the command)")
 
 
@@ -516,9 +540,19 @@ def _parse_time(text: str | None) -> float | None:
     return None
 
 
+def tool(argv: Sequence[str], **kw):
+    """A cluster tool (crm_mon, cibadmin, stonith_admin...) run where the cluster is: here in the one-controller lab
+    (ctl1 is the host), inside a live controller when the lab has several (tests/lab/controllers.py: its STATE)."""
+    if (topology.RUN_DIR / "controllers.json").exists():
+        from tests.lab import controllers
+        argv = [*controllers.tools_prefix(), *argv]
+        kw.setdefault("env", dict(BASE_ENV))
+    return run(argv, **kw)
+
+
 def fence_history() -> list[FenceEvent]:
     # --verbose: without it stonith_admin lists only the latest successful action (one event in all)
-    cp = run(["stonith_admin", "--history", "*", "--verbose", "--output-as=xml"], check=False, timeout=30)
+    cp = tool(["stonith_admin", "--history", "*", "--verbose", "--output-as=xml"], check=False, timeout=30)
     try:
         root = etree.fromstring(cp.stdout.encode())
     except etree.XMLSyntaxError as exc:
@@ -540,7 +574,7 @@ def _pending_ops(root) -> dict[str, str]:
 
 def _connected_remotes() -> set[str] | None:
     """Remote nodes whose connection the controller has established (CIB node_state in_ccm="true")."""
-    cp = run(["cibadmin", "-Q", "--scope", "status"], check=False, timeout=30)
+    cp = tool(["cibadmin", "-Q", "--scope", "status"], check=False, timeout=30)
     try:
         root = etree.fromstring(cp.stdout.encode())
     except etree.XMLSyntaxError:
@@ -551,7 +585,7 @@ def _connected_remotes() -> set[str] | None:
 def status(fencing: bool = True) -> Status:
     """crm_mon --output-as=xml, the CIB's node states and stonith_admin --history as a Status.  LabError if the
     cluster does not answer."""
-    cp = run(["crm_mon", "-1", "--inactive", "--output-as=xml"], check=False, timeout=30)
+    cp = tool(["crm_mon", "-1", "--inactive", "--output-as=xml"], check=False, timeout=30)
     try:
         root = etree.fromstring(cp.stdout.encode())
     except etree.XMLSyntaxError as exc:
@@ -585,7 +619,7 @@ def status(fencing: bool = True) -> Status:
 
 
 def crm_mon_text() -> str:
-    cp = run(["crm_mon", "-1", "--inactive", "--fence-history=1"], check=False, timeout=30)
+    cp = tool(["crm_mon", "-1", "--inactive", "--fence-history=1"], check=False, timeout=30)
     return "--- crm_mon:\n" + (cp.stdout or cp.stderr).strip()
 
 

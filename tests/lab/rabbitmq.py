@@ -38,6 +38,8 @@ import tempfile
 import time
 import urllib.parse
 
+from tests.lab import procs
+
 HOST = "127.0.0.1"
 USER = "crashup"
 VHOST = "crashup"
@@ -92,17 +94,6 @@ def epmd_answers(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _alive(pid: int | None, needle: bytes) -> bool:
-    """pid runs (not a zombie) and its command line holds needle (a recycled pid is not ours)."""
-    if not pid:
-        return False
-    try:
-        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return needle in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
 
 def _state_letter(pid: int) -> str:
     try:
@@ -156,21 +147,12 @@ def _write_private(path: pathlib.Path, text: str, mode: int = 0o600) -> None:
 
 def _wait_gone(pids: list[int], needles: list[bytes], timeout: float) -> bool:
     limit = time.monotonic() + timeout
-    while any(_alive(p, n) for p, n in zip(pids, needles)):
+    while any(procs.alive(p, n) for p, n in zip(pids, needles)):
         if time.monotonic() > limit:
             return False
         time.sleep(0.05)
     return True
 
-
-def _rss(pid: int) -> int:
-    try:
-        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 class Broker:
@@ -249,7 +231,7 @@ class Broker:
         found = {"server": _read_pid(self.server_pid_file), "beam": _read_pid(self.pid_file),
                  "epmd": _read_pid(self.epmd_pid_file)}
         needles = {"server": b"rabbitmq-server", "beam": b"beam", "epmd": b"epmd"}
-        return {k: p for k, p in found.items() if _alive(p, needles[k])}
+        return {k: p for k, p in found.items() if procs.alive(p, needles[k])}
 
     def state(self) -> str:
         """'running', 'frozen' (SIGSTOPped), 'starting' (no pid file yet) or 'stopped', as the processes are (see
@@ -263,7 +245,7 @@ class Broker:
     def rss_bytes(self) -> int:
         """Resident memory of the broker's processes (the VM and what it started) and its epmd."""
         pids = set(self._processes()) | set(self.pids().values())
-        return sum(_rss(p) for p in pids)
+        return sum(procs.rss(p) for p in pids)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:

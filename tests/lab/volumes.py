@@ -20,6 +20,7 @@ import urllib.request
 from typing import Any
 
 from tests.lab import topology
+from tests.lab.cinder import api_message
 from tests.lab.nova_env import ADMIN_TOKEN, IMAGE_ID
 
 CINDER_MICROVERSION = "3.67"          # project-less URLs
@@ -30,14 +31,6 @@ MARKER_SIZE = 4096
 class VolumeError(RuntimeError):
     """One line: the call, the HTTP status and the service's message; or what was not reached in time."""
 
-
-def _message(raw: bytes) -> str:
-    try:
-        body = json.loads(raw)
-        inner = next(iter(body.values())) if isinstance(body, dict) and body else body
-        return str(inner.get("message", inner) if isinstance(inner, dict) else inner)[:300]
-    except (ValueError, StopIteration, AttributeError):
-        return raw.decode(errors="replace").strip()[:300]
 
 
 class Volumes:
@@ -64,7 +57,7 @@ class Volumes:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 raw = r.read()
         except urllib.error.HTTPError as e:
-            raise VolumeError(f"{method} {base + path}: HTTP {e.code}: {_message(e.read())}") from None
+            raise VolumeError(f"{method} {base + path}: HTTP {e.code}: {api_message(e.read())}") from None
         return json.loads(raw) if raw else None
 
     def cinder(self, method: str, path: str, body: Any = None) -> Any:

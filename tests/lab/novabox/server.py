@@ -30,7 +30,8 @@ Control API (test side channel, not nova), JSON in and out, under http://<bind>:
                                                 an unknown host is added as a new compute
     POST   /novabox/computes/<host>/hang        nova-compute hangs: its process "runs"
                                                 (running: true) but sends no more heartbeats
-    GET    /novabox/computes/<host>/guests      {"host", "running", "guests": [uuid...], "power_states": {uuid: s}}
+    GET    /novabox/computes/<host>/guests      {"host", "running", "guests": [uuid...], "power_states": {uuid: s},
+                                                "volumes": {uuid: [volume id...]}} (the guests' connected volumes)
                                                 what that host's fake hypervisor holds
     GET    /novabox/guests                      {"guests": {host: [uuid...]}} for all hosts
     POST   /novabox/instances/<uuid>/db         body: columns to write in the cell DB (task_state, vm_state,
@@ -551,6 +552,7 @@ def build():
     _patch_hangable_heartbeat()
     if ARGS.cinder_url:
         _skip_cinder_fixture()
+    _patch_fake_driver_volumes()
     box = box_class('runTest')
     t0 = time.time()
     box.setUp()
@@ -579,6 +581,43 @@ def _cell_engine(box):
 
 def _running(svc):
     return svc is not None and not getattr(svc, '_novabox_stopped', False)
+
+
+def _patch_fake_driver_volumes():
+    """Lab-only: nova's FakeDriver records a volume attached to a running
+    guest (attach_volume: _mounts[name][mountpoint] = connection_info), but
+    not the volumes a guest is spawned with (boot from volume, the rebuild of
+    an evacuation), and keeps them after destroy. Make its _mounts what a
+    hypervisor holds, as libvirt's domain XML would: spawn connects the
+    block device mapping's volumes, destroy drops the guest's."""
+    from nova.virt import fake
+    spawn, destroy = fake.FakeDriver.spawn, fake.FakeDriver.destroy
+
+    def spawn_with_volumes(self, context, instance, *args, **kw):
+        spawn(self, context, instance, *args, **kw)
+        info = kw.get('block_device_info') or {}
+        for bdm in info.get('block_device_mapping') or []:
+            conn = bdm.get('connection_info')
+            if conn:
+                self._mounts.setdefault(instance.name, {})[
+                    bdm.get('mount_device') or conn.get('serial')] = conn
+
+    def destroy_with_volumes(self, context, instance, *args, **kw):
+        destroy(self, context, instance, *args, **kw)
+        self._mounts.pop(instance.name, None)
+
+    fake.FakeDriver.spawn = spawn_with_volumes
+    fake.FakeDriver.destroy = destroy_with_volumes
+
+
+def _driver_volumes(svc):
+    """{uuid: [volume id...]} connected to each guest of a compute's
+    FakeDriver (nova sets connection_info's serial to the volume id)."""
+    driver = svc.manager.driver
+    names = {i.name: u for u, i in dict(driver.instances).items()}
+    return {names[n]: sorted(str(c.get('serial')) for c in dict(m).values()
+                             if c.get('serial'))
+            for n, m in dict(driver._mounts).items() if n in names}
 
 
 def _driver_guests(svc):
@@ -678,7 +717,8 @@ def make_control(box, info, faults):
                 g = _driver_guests(svc)
                 return reply(start_response, '200 OK', {
                     'host': path[1], 'running': _running(svc),
-                    'guests': list(g), 'power_states': g})
+                    'guests': list(g), 'power_states': g,
+                    'volumes': _driver_volumes(svc)})
             if (len(path) == 3 and path[0] == 'instances' and
                     path[2] == 'db' and method == 'POST'):
                 uuid = path[1]
