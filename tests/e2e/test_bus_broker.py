@@ -104,13 +104,17 @@ def test_the_crashup_user_logs_in_a_wrong_password_or_vhost_is_refused(lab):
     assert "ACCESS_REFUSED" in broker.check(password="not-the-password")
 
 
-def test_the_vhost_and_the_user_exist_and_nothing_else(lab):
+def test_the_vhosts_and_the_users_exist_and_nothing_else(lab):
+    """crashup's vhost and user, and cinder's (its RPC apart from crashup's bus): no "/" vhost, no guest user."""
+    from tests.lab import cinder
     broker = lab.broker()
     vhosts = broker.ctl("list_vhosts", "--quiet", "--no-table-headers")
     users = broker.ctl("list_users", "--quiet", "--no-table-headers")
     assert vhosts.returncode == 0 and users.returncode == 0, vhosts.stderr + users.stderr
-    assert vhosts.stdout.split() == ["crashup"]                      # no "/" vhost
-    assert [line.split()[0] for line in users.stdout.splitlines()] == ["crashup"]      # no guest
+    assert sorted(vhosts.stdout.split()) == sorted(["crashup", cinder.VHOST])
+    assert sorted(line.split()[0] for line in users.stdout.splitlines()) == sorted(["crashup", cinder.BUS_USER])
+    permissions = broker.ctl("list_user_permissions", cinder.BUS_USER, "--quiet", "--no-table-headers")
+    assert [line.split()[0] for line in permissions.stdout.splitlines()] == [cinder.VHOST]   # not crashup's
 
 
 def test_nothing_of_the_broker_listens_beyond_loopback(lab):
