@@ -6,7 +6,7 @@ Printed per run: failover (controller crash -> Pacemaker runs the daemon on anot
 controller's fencing with its delay, the start), resume (controller crash -> the first event of the new daemon),
 and the whole recovery (compute crash -> request done, from the request's own times); against the same recovery
 without the loss, in the same lab. Every run also checks that no server was evacuated twice (nova's migration
-records). BENCH_INSTANCES (20), BENCH_ROUNDS (2). Needs root and the machine's lab lock; brings the lab up and down.
+records). BENCH_INSTANCES (30), BENCH_ROUNDS (2). Needs root and the machine's lab lock; brings the lab up and down.
 """
 import os
 import pathlib
@@ -18,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from tests.e2e.scenario import _epoch, boot, delete_servers, evacuations, journal, wait_request  # noqa: E402
 from tests.lab import controllers, lab as lab_module, pacemaker  # noqa: E402
 
-N = int(os.environ.get("BENCH_INSTANCES", "20"))
+N = int(os.environ.get("BENCH_INSTANCES", "30"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 AFTER = 3                                   # evacuations done when the daemon's controller crashes
 

@@ -103,14 +103,15 @@ class RecoveryRequest:
         return dataclasses.replace(self, state=state, note=note, hold=hold, updated_at=time.time(), **changes)
 
 
-def _run(argv: list[str], timeout: float = 15.0) -> str:
+def _run(argv: list[str], timeout: float = 15.0, accept=lambda done: done.returncode == 0) -> str:
+    """The tool's output; PacemakerError (one line) when it is missing, hangs, or its answer is not `accept`ed."""
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise PacemakerError(f"{argv[0]} not found: is Pacemaker installed?") from None
     except subprocess.TimeoutExpired:
         raise PacemakerError(f"Timed out: {' '.join(argv[:3])} did not answer within {timeout:g}s") from None
-    if done.returncode != 0:
+    if not accept(done):
         detail = (done.stderr or done.stdout).strip().splitlines()
         raise PacemakerError(f"{' '.join(argv[:3])} failed (exit {done.returncode}): "
                              f"{detail[-1] if detail else 'no output'}")
@@ -161,19 +162,8 @@ def request(node: str, timeout: float = 15.0) -> RecoveryRequest | None:
 
 def quorate(timeout: float = 15.0) -> bool:
     """Whether this node's partition has quorum (`crm_node --quorum` prints 1 or 0; it exits non-zero with 0)."""
-    try:
-        done = subprocess.run(["crm_node", "--quorum"], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise PacemakerError("crm_node not found: is Pacemaker installed?") from None
-    except subprocess.TimeoutExpired:
-        raise PacemakerError(f"Timed out: crm_node --quorum did not answer within {timeout:g}s") from None
-    answer = done.stdout.strip()
-    if answer not in ("0", "1"):
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise PacemakerError(f"crm_node --quorum failed (exit {done.returncode}): "
-                             f"{detail[-1] if detail else 'no output'}")
-    return answer == "1"
+    answer = _run(["crm_node", "--quorum"], timeout, accept=lambda done: done.stdout.strip() in ("0", "1"))
+    return answer.strip() == "1"
 
 
 def require_quorum(what: str, timeout: float = 15.0) -> None:
