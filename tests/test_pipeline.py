@@ -168,6 +168,23 @@ def test_quorum_lost_mid_recovery_stops_the_evacuations_not_yet_asked_and_the_re
     assert cluster.saved["compute1"].open
 
 
+def test_a_resumed_recovery_says_host_failed_once_and_times_itself_from_the_fencing(cluster):
+    """A recovery cut short (here by a lost quorum; a failover is the same) and resumed: one host.failed for the
+    request, and host.recovered's duration_s counts from the fencing, not from the resumption."""
+    nova = FakeNova([server(f"s{i}") for i in range(4)])
+    cluster.quorate = lambda: len(nova.evacuations) < 2
+    first = recovery(cluster, nova, concurrency=1, clock=1500.0)
+    with pytest.raises(pacemaker.NoQuorum):
+        first.recover(request())
+    cluster.quorate = lambda: True
+    resumed = recovery(cluster, nova, concurrency=1, clock=1900.0)
+    step = resumed.recover(cluster.saved["compute1"])
+    assert step.request.state == "done" and step.request.note.startswith("4 evacuated")
+    said = [e["type"] for e in first.emitter.events + resumed.emitter.events]
+    assert said.count("crashup.host.failed") == 1 and said[0] == "crashup.host.failed"
+    assert resumed.emitter.events[-1]["payload"]["duration_s"] == 900.0      # fenced at 1000, done at 1900
+
+
 def test_the_daemon_acts_on_no_request_without_quorum(cluster, tmp_path):
     from crashup_lib.recovery import daemon
     cluster.saved["compute1"] = request()

@@ -188,8 +188,8 @@ class Recovery:
                     self._emit(events.RESOURCE_STALE_UNRECOVERABLE, volume.id, payload)
 
     def _evacuate(self, req: RecoveryRequest, host: str, servers, repairs) -> Progress:
-        started = self.clock()
-        self._emit(events.HOST_FAILED, host, self._failed_payload(req, host, servers, repairs))
+        if not req.filter_mode:                  # once per request: a resumed recovery has its plan's filter saved
+            self._emit(events.HOST_FAILED, host, self._failed_payload(req, host, servers, repairs))
         found = storage.gather(self.cinder, [s.id for s in servers], concurrency=self.cfg.concurrency)
         self._repair_volumes(host, found, servers, req.fenced_at)
         the_plan = plan_for_host(self.nova, host, self.cfg, servers=servers, microversion=self.microversion,
@@ -253,7 +253,8 @@ class Recovery:
         self._emit(events.HOST_RECOVERED, host,
                    {"host": host, "node": req.node, "mode": req.mode, "evacuated": len(moved),
                     "failed": len(failed), "skipped": len(the_plan.skipped) + len(gone),
-                    "duration_s": round(self.clock() - started, 2), "volumes_not_moved": len(not_moved),
+                    "duration_s": round(max(0.0, self.clock() - req.fenced_at), 2),   # from the fencing, resumed or not
+                    "volumes_not_moved": len(not_moved),
                     "left_on_host": [{"id": s.server_id, "name": s.name, "reason": s.reason} for s in left]})
         note = f"{len(moved)} evacuated, {len(failed)} failed, {len(the_plan.skipped)} skipped" + \
             (f", {len(gone)} deleted meanwhile" if gone else "") + \
