@@ -18,9 +18,11 @@ BIN_DIR ?= /usr/local/bin
 # Debian packages the tests and the lab use (installed when running as root and missing); libvirt-dev, pkg-config,
 # gcc and python3-dev build libvirt-python (the Health Collector's libvirt backend, tested on libvirt's test driver);
 # mariadb-server: throwaway servers for the sweep's tests and bench (tests/lab/mariadb.py; ~35 s to install);
-# rabbitmq-server: the lab's notification bus, a throwaway broker without systemd (tests/lab/rabbitmq.py; ~12 s)
+# rabbitmq-server: the lab's notification bus, a throwaway broker without systemd (tests/lab/rabbitmq.py; ~12 s);
+# libvirt-daemon ... tini: real qemu guests under a libvirtd per compute node (`lab up --guests`; ~8 s)
 DEBS := pacemaker pacemaker-cli-utils pcs corosync resource-agents fence-agents crmsh libxml2-utils ipmitool \
-        iproute2 util-linux procps python3-venv libvirt-dev pkg-config gcc python3-dev mariadb-server rabbitmq-server
+        iproute2 util-linux procps python3-venv libvirt-dev pkg-config gcc python3-dev mariadb-server rabbitmq-server \
+        libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 busybox-static cpio tini
 
 .PHONY: all deps venv nova-venv schemas-venv test unit lab-test demo install uninstall bench bench-recovery bench-rejoin \
         bench-sweep bench-bus bench-doctor bench-controllers lab-up lab-down lab-status clean

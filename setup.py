@@ -24,6 +24,7 @@ setup(
         "pyghmi>=1.6,<1.7",           # crashup_lib.ipmi works around defects of this series
         "keystoneauth1>=5.1,<6",
         "PyYAML>=6,<7",               # the pcs-templates inventory (openstacksdk needs it too)
+        "prometheus-client>=0.17,<0.27",   # crashup_lib.metrics: the daemon's textfile, `crashup metrics`
     ],
     # jsonschema: tests validate events; hypothesis: property-based tests of every parser and entry point;
     # python-novaclient: the lab's tests read nova through its own client. libvirt-python: crashup_lib.health's

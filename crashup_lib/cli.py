@@ -106,6 +106,29 @@ def _release(args) -> int:
     return 0
 
 
+def _maintenance(args) -> int:
+    """drain, undrain, evacuate, restore: a Refused is one line and exit 2 (nothing was changed)."""
+    from crashup_lib import events, nova, pacemaker
+    from crashup_lib.maintenance import common, drain, evacuate_host, restore
+    cfg = _load(args)
+    emitter = None if args.dry_run else events.Emitter.from_config(cfg)
+    ctx = common.Context(cfg, nova.Nova.from_config(cfg), pacemaker.Cluster(), emitter)
+    try:
+        if args.command == "drain":
+            return drain.drain(ctx, args.host, args.dry_run)
+        if args.command == "undrain":
+            return drain.undrain(ctx, args.host, args.dry_run)
+        if args.command == "evacuate":
+            return evacuate_host.evacuate(ctx, args.host, args.to, args.dry_run, wait=not args.no_wait)
+        return restore.restore(ctx, args.server, args.image, args.to, args.in_place, args.dry_run)
+    except common.Refused as e:
+        print(f"crashup: {one_line(redact(str(e)))}", file=sys.stderr)
+        return 2
+    finally:
+        if emitter is not None:
+            emitter.close(5.0)
+
+
 def _events(args) -> int:
     from crashup_lib import events
     cfg = _load(args)
@@ -157,6 +180,62 @@ def _interrupted(signum, frame):
     raise KeyboardInterrupt
 
 
+def _since(raw: str) -> float:
+    """--since: an ISO 8601 date-time (UTC unless it says otherwise), or a duration ago (30m, 2h, 7d is 168h)."""
+    import datetime
+    try:
+        return time.time() - config.duration().parse(raw)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise config.ConfigError(f"--since {log.shown(raw)}: expected a date-time (2026-12-01T17:30:00Z) or a "
+                                 "duration ago (30m, 2h)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)).timestamp()
+
+
+def _report(args) -> int:
+    """`crashup report NODE`: one recovery's timeline as text, and as an SVG picture (--svg FILE)."""
+    from crashup_lib import events, pacemaker
+    from crashup_lib.report import svg, text, timeline
+    cfg = _load(args)
+    since = _since(args.since) if args.since is not None else None
+    if not cfg.journal:
+        print("crashup: no journal configured ([events] journal)", file=sys.stderr)
+        return 2
+    found = events.read(cfg.journal)
+    try:
+        request = pacemaker.request(args.node, timeout=5)
+    except pacemaker.PacemakerError:
+        request = None                          # the journal alone tells the timeline (e.g. on a standby)
+    try:
+        chosen = timeline.select(found, args.node, since, request)
+    except timeline.NoRecovery as e:
+        print(f"crashup: {one_line(str(e))}", file=sys.stderr)
+        return 2 if e.unknown else 1
+    print(text.render(chosen))
+    if args.svg:
+        with open(args.svg, "w", encoding="utf-8") as f:
+            f.write(svg.render(chosen))
+        print(f"picture: {args.svg}")
+    return 0
+
+
+def _metrics(args) -> int:
+    """`crashup metrics`: the Prometheus text the daemon's textfile holds, from the journal and the CIB now."""
+    from crashup_lib import events, metrics, pacemaker
+    cfg = _load(args)
+    tally = metrics.fold(events.read(cfg.journal)) if cfg.journal else metrics.Tally()
+    try:
+        requests, rc = pacemaker.requests(), 0
+    except pacemaker.PacemakerError as e:       # the journal's counters still say something
+        print(f"crashup: recovery requests not read: {one_line(str(e))}", file=sys.stderr)
+        requests, rc = None, 1
+    sys.stdout.write(metrics.exposition(tally, requests))
+    return rc
+
+
 def _sweep(args) -> int:
     from crashup_lib.sweep import daemon
     mode = "daemon" if args.daemon else "dry-run" if args.dry_run else "once"
@@ -164,6 +243,24 @@ def _sweep(args) -> int:
         print("crashup: --state-dir goes with --daemon", file=sys.stderr)
         return 2
     return daemon.run(_load(args), mode, state_dir=args.state_dir)
+
+
+def _guests(args) -> int:
+    """`crashup guests`: this node's guests, their failures and policies; --daemon: the guest monitor."""
+    cfg = _load(args)
+    from crashup_lib.guests import monitor
+    host = monitor.own_host(cfg, args.node)
+    if args.daemon:
+        return monitor.main(cfg, args.state_dir or "/run/crashup", args.node)
+    if args.state_dir:
+        print("crashup: --state-dir goes with --daemon", file=sys.stderr)
+        return 2
+    from crashup_lib import nova
+    from crashup_lib.guests import show
+    client = None if args.no_nova else nova.Nova.from_config(cfg)
+    found = show.rows(cfg, host, client)
+    print(json.dumps(found, indent=2) if args.json else show.render(found))
+    return 0
 
 
 def _pcs(args) -> int:
@@ -264,6 +361,26 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("release", help="mark a node's recovery finished (notify mode): the host may rejoin")
     p.add_argument("node", help="Pacemaker node name")
     p.set_defaults(run=_release)
+    p = sub.add_parser("drain", help="planned maintenance: disable HOST, live-migrate (else cold-migrate or stop, "
+                                     "[maintenance] drain_policy) its servers until nothing runs there")
+    p.add_argument("host", help="nova host (or its Pacemaker node)")
+    p = sub.add_parser("undrain", help="after maintenance: enable HOST, start the servers the drain stopped")
+    p.add_argument("host", help="nova host (or its Pacemaker node)")
+    p = sub.add_parser("evacuate", help="a damaged host still partly up: fence it through Pacemaker; the recovery "
+                                        "daemon evacuates it")
+    p.add_argument("host", help="nova host (or its Pacemaker node)")
+    p.add_argument("--to", help="evacuate everything to this host")
+    p.add_argument("--no-wait", action="store_true", help="return once fenced, without following the recovery")
+    p = sub.add_parser("restore", help="rebuild SERVER from a backup image, keeping its id, addresses and volumes "
+                                       "(evacuated first when its host is dead and fenced)")
+    p.add_argument("server", help="nova server id")
+    p.add_argument("--image", required=True, help="the backup image (glance id)")
+    p.add_argument("--to", help="when it is evacuated: to this host")
+    p.add_argument("--in-place", action="store_true", help="its host is healthy: rebuild it where it is")
+    for name in ("drain", "undrain", "evacuate", "restore"):
+        p = sub.choices[name]
+        p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+        p.set_defaults(run=_maintenance)
     p = sub.add_parser("events", help="print the event journal")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--new", action="store_true", help="with --follow: only events from now on")
@@ -271,6 +388,15 @@ def main(argv: list[str] | None = None) -> int:
                                                       "journal ([events] transport_url_file)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_events)
+    p = sub.add_parser("report", help="one recovery's timeline (fencing, repairs, each server's evacuation, the "
+                                      "end) as text, and as an SVG picture")
+    p.add_argument("node", help="Pacemaker node (or nova host)")
+    p.add_argument("--svg", metavar="FILE", help="also draw the timeline into FILE (SVG)")
+    p.add_argument("--since", metavar="TIME", help="the first recovery fenced at or after TIME (2026-12-01T17:30Z, "
+                                                   "or a duration ago: 2h); default: the latest")
+    p.set_defaults(run=_report)
+    p = sub.add_parser("metrics", help="print the Prometheus metrics (the journal's counters, the open requests)")
+    p.set_defaults(run=_metrics)
     p = sub.add_parser("sweep", help="CrashUp: fix resources stuck in a task (nova, cinder, glance, neutron)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--once", action="store_true", help="one sweep, then exit (1 if a service or resource failed)")
@@ -279,6 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state-dir", help="with --daemon: keep sweep.pid and sweep.heartbeat here (Pacemaker's agent "
                                        "ocf:crashup:crashup daemon=sweep watches them)")
     p.set_defaults(run=_sweep)
+    p = sub.add_parser("guests", help="this compute node's guests, their failures and policies (docs/guests.md)")
+    p.add_argument("--daemon", action="store_true", help="run the guest monitor until SIGTERM (Pacemaker's agent "
+                                                         "ocf:crashup:crashup daemon=guests does this)")
+    p.add_argument("--state-dir", help="with --daemon: keep guests.pid and guests.heartbeat here")
+    p.add_argument("--node", help="this node's Pacemaker name (its nova host through host_map), unless "
+                                  "[guests] guest_host says")
+    p.add_argument("--no-nova", action="store_true", help="list libvirt's view only")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_guests)
     p = sub.add_parser("pcs", help="Pacemaker configuration from an inventory (pcs-templates/README.md)")
     p.add_argument("action", choices=("render", "apply"),
                    help="render: print the pcs script (or with --conf, the crashup.conf); apply: apply it now")

@@ -256,6 +256,14 @@ OPTIONS: tuple[Option, ...] = (
            "read cinder (the block-storage endpoint of the cloud) around each evacuation: repair a volume left "
            "attaching/detaching by the failed host first, check each volume is attached on the new host after; "
            "no: volumes are not read (a cloud without cinder)"),
+    # the operator verbs (crashup drain, undrain, evacuate, restore)
+    Option("drain_policy", "maintenance", choice("cold-migrate", "stop"), "cold-migrate",
+           "what `crashup drain` does with a server that cannot live-migrate (and a stopped one): cold-migrate it, "
+           "or stop it where it is (`crashup undrain` starts again those that were running); a server's metadata "
+           "crashup:drain (live, cold-migrate or stop) overrides it"),
+    Option("maintenance_timeout", "maintenance", duration(10), "600",
+           "how long a verb follows one server's move, stop, start or rebuild, and `crashup evacuate` the host's "
+           "recovery, before it gives up (what was started goes on in nova; run the verb again to resume)"),
     # reaching OpenStack
     Option("cloud", "openstack", text(r"[^\s]+", "a clouds.yaml entry name"), "crashup",
            "the clouds.yaml entry crashup uses (credentials stay in clouds.yaml/secure.yaml)"),
@@ -321,6 +329,30 @@ OPTIONS: tuple[Option, ...] = (
            "cinder's posix or NFS backup store (backup_posix_path, the share's mount point), where the sweep "
            "checks a backup stuck in a task, with cinder-backup's heartbeat; empty: backups are not observed, "
            "hence never changed"),
+    # the guest monitor on each compute node (`crashup guests --daemon`, docs/guests.md); option names are global,
+    # hence the guest_ prefix ([sweep] has a libvirt_uri of its own)
+    Option("guest_monitor", "guests", BOOLEAN, "no",
+           "run the guest monitor on every compute node: `crashup pcs render` adds its clone (crashup-guests)"),
+    Option("guest_libvirt_uri", "guests", text(r"[^\s]+", "a libvirt URI without spaces"), "qemu:///system",
+           "the node's own libvirt ({host}: the node's nova host), read-only"),
+    Option("guest_host", "guests", text(r"[A-Za-z0-9_.-]*", "a host name (letters, digits, _.-), or empty"), "",
+           "this node's nova host; empty: host_map's entry for the Pacemaker node, else the node's name, else "
+           "the hostname (nova's own default for its host)"),
+    Option("guest_failure_policy", "guests", choice("notify", "reboot", "none"), "notify",
+           "what a failed guest gets when its server, flavor and image say nothing (crashup:guest_failure_policy): "
+           "notify: an event; reboot: a HARD reboot through nova; none: left to nova and the operator"),
+    Option("guest_max_reboots", "guests", integer(0, 100), "3",
+           "at most this many reboots of one guest within guest_reboot_window; one more failure leaves it stopped "
+           "(nova stop) with an ERROR event"),
+    Option("guest_reboot_window", "guests", duration(1), "3600", "the window the crash-loop limit counts in"),
+    Option("guest_state_file", "guests", optional_path(), "/var/lib/crashup/guests.json",
+           "the failures already handled and the reboots made, so that a restarted monitor does not act twice"),
+    # Prometheus metrics (docs/metrics.md): the recovery daemon writes them for node_exporter's textfile collector
+    Option("metrics_textfile", "metrics", text(r"(/[^\s]*\.prom)?", "an absolute path ending in .prom (what "
+                                                "node_exporter's textfile collector reads), or empty for none"), "",
+           "the file the recovery daemon writes its metrics to (atomic rename), e.g. "
+           "/var/lib/prometheus/node-exporter/crashup.prom; empty: no metrics (`crashup metrics` prints them)"),
+    Option("metrics_interval", "metrics", duration(1, 3600), "15", "how often the metrics file is written"),
     # logging
     Option("debug", "logging", BOOLEAN, "no", "log debug messages"),
 )

@@ -33,6 +33,9 @@ ACTIONS_MV = "2.1"           # os-start, os-stop, os-resetState: unchanged since
 EVACUATE_STOPPED = "2.95"    # nova >= 2.95: an evacuated server ends SHUTOFF on its new host (nova's current default)
 EVACUATE_KEEP_POWER = "2.94"  # 2.68..2.94: it ends as it was (ACTIVE stays ACTIVE); no "force" flag since 2.68
 EVACUATE_MIN = "2.14"        # below 2.14 the caller had to tell nova about shared storage (onSharedStorage)
+LIVE_MIGRATE_MV = "2.68"     # 2.25 block_migration "auto", 2.68 no "force" (the scheduler always checks the target)
+MIGRATE_MV = "2.56"          # cold migration to a chosen host
+REBUILD_MV = "2.93"          # 2.93 a volume-backed server's root volume is re-imaged too
 PAGE = 1000                  # nova's default osapi_max_limit
 
 
@@ -376,6 +379,55 @@ class Nova:
 
     def stop(self, server_id: str) -> None:
         self._action("stop", server_id, {"os-stop": None})
+
+    def reboot(self, server_id: str, hard: bool = True) -> None:
+        """A HARD reboot (nova destroys the guest and starts it again, from any power state: a crashed or killed
+        guest too) or a SOFT one (asks the guest OS). Accepted (202); nova's task_state shows it until done."""
+        self._action("reboot", server_id, {"reboot": {"type": "HARD" if hard else "SOFT"}})
+
+    # -- moving and rebuilding (the operator verbs: crashup drain, restore) ------------------------------------------
+    def live_migrate(self, server_id: str, target_host: str | None = None) -> None:
+        """os-migrateLive, block migration "auto" (nova picks it from the storage); the scheduler checks the target
+        (no "force" since 2.68). Accepted (202): follow it in migrations(migration_type="live-migration")."""
+        self._action("live_migrate", server_id, {"os-migrateLive": {"host": target_host, "block_migration": "auto"}},
+                     wanted=LIVE_MIGRATE_MV, needed="2.25")
+
+    def migrate(self, server_id: str, target_host: str | None = None) -> None:
+        """Cold migration (a resize to the same flavor): the server ends VERIFY_RESIZE on its new host until
+        confirm_resize(); a stopped server stays stopped. A target host needs 2.56."""
+        body = {"host": target_host} if target_host else None
+        self._action("migrate", server_id, {"migrate": body}, wanted=MIGRATE_MV,
+                     needed=MIGRATE_MV if target_host else None)
+
+    def confirm_resize(self, server_id: str) -> None:
+        self._action("confirm_resize", server_id, {"confirmResize": None})
+
+    def rebuild(self, server_id: str, image_id: str) -> None:
+        """Rebuild the server from `image_id` where it is: same id, ports (addresses), attached volumes, flavor and
+        key; a volume-backed root is re-imaged (2.93+)."""
+        self._action("rebuild", server_id, {"rebuild": {"imageRef": image_id}}, wanted=REBUILD_MV)
+
+    def set_metadata(self, server_id: str, key: str, value: str) -> None:
+        deadline = self._deadline()
+        self._request("set_metadata", server_id, "PUT", f"/servers/{server_id}/metadata/{key}", deadline=deadline,
+                      body={"meta": {key: value}})
+
+    def delete_metadata(self, server_id: str, key: str) -> None:
+        """Idempotent: a key already gone is fine (a missing server still raises NovaNotFound)."""
+        try:
+            self._request("delete_metadata", server_id, "DELETE", f"/servers/{server_id}/metadata/{key}",
+                          deadline=self._deadline())
+        except NovaNotFound:
+            if key in self.server(server_id).metadata:
+                raise
+
+    def image(self, image_id: str) -> dict:
+        """An image as nova's image proxy shows it ({id, name, status, ...}); NovaNotFound when there is none.
+        The proxy exists up to 2.35 (read only: crashup only checks an image before it rebuilds from it)."""
+        deadline = self._deadline()
+        doc = self._request("image", image_id, "GET", f"/images/{image_id}", deadline=deadline,
+                            microversion=(2, 1)) or {}
+        return doc.get("image") or {}
 
     # -- migrations, aggregates --------------------------------------------------------------------------------------
     def migrations(self, server_id: str | None = None, source_compute: str | None = None,

@@ -71,6 +71,7 @@ class RecoveryRequest:
     note: str = ""                 # the last thing worth telling an operator
     filter_mode: str = ""          # the first plan's ("tagged"/"all"): a resumed plan filters the same way
     hold: Hold = Hold.NONE         # why it waits; cleared by every move (moved_to)
+    target: str = ""               # where its instances go (`crashup evacuate --to`): the plan's target_host
 
     @property
     def open(self) -> bool:
@@ -79,7 +80,8 @@ class RecoveryRequest:
     def to_value(self) -> str:
         return json.dumps({"state": self.state, "mode": self.mode, "fenced_at": round(self.fenced_at, 3),
                            "updated_at": round(self.updated_at, 3), "host": self.host, "note": self.note,
-                           "filter_mode": self.filter_mode, "hold": self.hold.value},
+                           "filter_mode": self.filter_mode, "hold": self.hold.value,
+                           **({"target": self.target} if self.target else {})},
                           separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -89,7 +91,8 @@ class RecoveryRequest:
             request = cls(node=node, state=data["state"], mode=data["mode"], fenced_at=float(data["fenced_at"]),
                           updated_at=float(data.get("updated_at", data["fenced_at"])), host=data.get("host", ""),
                           note=data.get("note", ""), filter_mode=data.get("filter_mode", ""),
-                          hold=Hold(data["hold"]) if "hold" in data else _legacy_hold(data.get("note", "")))
+                          hold=Hold(data["hold"]) if "hold" in data else _legacy_hold(data.get("note", "")),
+                          target=str(data.get("target", "")))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise PacemakerError(f"unreadable recovery request of {node}: {value[:80]!r} ({e})") from None
         if request.state not in STATES or request.mode not in MODES:

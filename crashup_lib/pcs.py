@@ -24,6 +24,7 @@ from crashup_lib.pacemaker import STATE_ATTRIBUTE
 NOVA_COMPUTE = "nova-compute"             # the clone's primitive; the clone is NOVA_COMPUTE + "-clone"
 CRASHUP = "crashup"                       # the recovery daemon's resource
 SWEEP = "crashup-sweep"                   # the CrashUp sweep's resource, when the inventory gives it a database
+GUESTS = "crashup-guests"                 # the guest monitor's clone on compute nodes, when guests.guest_monitor
 NOVA_FENCE = "crashup-nova"               # the shared fence_crashup_nova device
 
 
@@ -106,10 +107,34 @@ def commands(inv: Inventory) -> list[list[str]]:
     # held off a node while its recovery is open: Pacemaker does not even schedule the start
     cmds.append(["constraint", "location", f"{NOVA_COMPUTE}-clone", "rule", f"id={NOVA_COMPUTE}-held-during-recovery",
                  "score=-INFINITY", STATE_ATTRIBUTE, "eq", "pending", "or", STATE_ATTRIBUTE, "eq", "recovering"])
+    if guest_monitor(inv):
+        cmds += _guests(inv)
     cmds.append(["property", "set", "stonith-enabled=true",
                  *([f"stonith-action={inv.stonith_action}"] if inv.stonith_action else []),
                  *(["no-quorum-policy=stop"] if several else [])])
     return _checked_commands(inv, cmds)
+
+
+def guest_monitor(inv: Inventory) -> bool:
+    """The inventory's guests.guest_monitor is true: the guest monitor gets its clone on the compute nodes."""
+    raw = inv.conf.get("guests", {}).get("guest_monitor")
+    return bool(raw) and config.BY_NAME["guest_monitor"].kind.parse(raw)
+
+
+def _guests(inv: Inventory) -> list[list[str]]:
+    """The guest monitor: a clone of the crashup agent (daemon=guests) on every compute node, never run nor probed
+    on a controller, started after nova-compute and only where it runs: it acts through nova's API, and a node
+    whose nova-compute is held down (its recovery open) is host recovery's, not the guest monitor's."""
+    t = inv.tuning
+    clone = f"{GUESTS}-clone"
+    cmds = [["resource", "create", GUESTS, "ocf:crashup:crashup", "daemon=guests", f"config={inv.config_file}",
+             f"state_dir={inv.state_dir}", "op", "monitor", f"interval={_s(t.crashup_monitor_interval)}",
+             f"timeout={_s(t.crashup_monitor_timeout)}", "clone", "interleave=true", "--force"]]
+    cmds += [["constraint", "location", "add", f"{GUESTS}-not-on-{name}", clone, name, "--", "-INFINITY",
+              "resource-discovery=never"] for name in inv.controllers]
+    cmds.append(["constraint", "order", "start", f"{NOVA_COMPUTE}-clone", "then", "start", clone])
+    cmds.append(["constraint", "colocation", "add", clone, "with", f"{NOVA_COMPUTE}-clone", "INFINITY"])
+    return cmds
 
 
 def _created_ids(cmds: list[list[str]]):

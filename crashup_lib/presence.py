@@ -3,8 +3,8 @@
 The agent's monitor reads only these two (no import of the daemon's clients, no call to any service): the pid says
 the process lives (checked against /proc/<pid>/cmdline for PID reuse), the heartbeat's age says it still makes
 progress. Names per daemon: the recovery daemon keeps `daemon.pid`/`heartbeat`, the sweep `sweep.pid`/
-`sweep.heartbeat`, so both can share one state folder. The agent's start and stop are here too (spawn, stop): they
-wait on these files.
+`sweep.heartbeat`, the guest monitor `guests.pid`/`guests.heartbeat`, so they can share one state folder. The
+agent's start and stop are here too (spawn, stop): they wait on these files.
 """
 from __future__ import annotations
 
@@ -125,3 +125,4 @@ class Presence:
 
 RECOVERY = ("daemon.pid", "heartbeat")
 SWEEP = ("sweep.pid", "sweep.heartbeat")
+GUESTS = ("guests.pid", "guests.heartbeat")       # the guest monitor, on compute nodes

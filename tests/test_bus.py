@@ -169,7 +169,7 @@ def test_the_priority_table_covers_every_type_and_says_error_for_failures():
     assert set(events_bus.PRIORITIES.values()) <= {"INFO", "ERROR"}
     assert {t for t, p in events_bus.PRIORITIES.items() if p == "ERROR"} == {
         events.INSTANCE_EVACUATION_FAILED, events.RESOURCE_STALE_UNRECOVERABLE, events.HOST_STORM,
-        events.HOST_FENCING_UNCONFIRMED}
+        events.HOST_FENCING_UNCONFIRMED, events.INSTANCE_GUEST_LEFT_DOWN}
     assert events_bus.priority("crashup.some.future_type") == "INFO"
 
 

@@ -63,6 +63,19 @@ SAMPLES = {
     "crashup.resource.orphaned": ("port-1", {
         "service": "neutron", "resource_type": "port", "id": "port-1", "state": "DOWN", "action": "delete",
         "reason": "bound to server that no longer exists"}),
+    "crashup.instance.guest_failed": (UUID1, {
+        "id": UUID1, "name": "web-1", "host": "compute1", "kind": "panic", "detail": "crashed (guest panicked)",
+        "policy": "reboot", "policy_source": "flavor", "action": "reboot", "attempt": 1, "seen": "event",
+        "reported_at": "2025-01-31T09:15:02.123Z"}),
+    "crashup.instance.guest_left_down": (UUID1, {
+        "id": UUID1, "name": "web-1", "host": "compute1", "kind": "killed",
+        "detail": "stopped: qemu failed (killed or died)", "reboots": 3, "window_s": 3600}),
+    "crashup.host.maintenance": ("compute1", {
+        "host": "compute1", "node": "compute1", "verb": "drain", "step": "disabled", "servers": 3,
+        "detail": "policy cold-migrate"}),
+    "crashup.instance.maintenance": (UUID1, {
+        "id": UUID1, "name": "web-1", "verb": "drain", "action": "live-migrate", "source_host": "compute1",
+        "target_host": "compute2", "outcome": "done", "reason": ""}),
 }
 
 

@@ -59,6 +59,10 @@ PRIORITIES: dict[str, str] = {
     c.RESOURCE_STALE_RECOVERED: "INFO",
     c.RESOURCE_STALE_UNRECOVERABLE: "ERROR",
     c.RESOURCE_ORPHANED: "INFO",
+    c.INSTANCE_GUEST_FAILED: "INFO",
+    c.INSTANCE_GUEST_LEFT_DOWN: "ERROR",        # a crash-looping guest left stopped: an operator must look
+    c.HOST_MAINTENANCE: "INFO",                 # an operator verb's step (the operator is at the keyboard)
+    c.INSTANCE_MAINTENANCE: "INFO",
 }
 BACKOFF = (0.5, 10.0)           # seconds: first pause after a failure, and the longest
 POLL = 0.25                     # seconds: how often an idle drainer looks for events other processes appended

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from typing import Callable
 
+from crashup_lib import libvirt
 from crashup_lib.health.bound import Bounded, time_left
 from crashup_lib.health.model import RESOURCE, Guest, HealthError, Observation, Resource, error_line
-from crashup_lib.health.realities import (LIBVIRT_STATE_NAMES, VIR_DOMAIN_SHUTOFF, VIR_ERR_INVALID_ARG,
-                                          VIR_ERR_NO_DOMAIN, libvirt_reality)
+from crashup_lib.health.realities import VIR_DOMAIN_SHUTOFF, VIR_ERR_INVALID_ARG, VIR_ERR_NO_DOMAIN, libvirt_reality
 from crashup_lib.rules import ABSENT, UNKNOWN
 
 
 def libvirt_module():
-    """libvirt-python, imported on first use, with its default error handler (a line on stderr per error)
-    silenced: errors come back as exceptions, which become one-line details."""
+    """libvirt-python (crashup_lib.libvirt.libvirt_module), its absence a HealthError."""
     try:
-        import libvirt
-    except ImportError:
-        raise HealthError("health: libvirt-python is not installed (pip install 'crashup[libvirt]')") from None
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    return libvirt
+        return libvirt.libvirt_module()
+    except libvirt.LibvirtError as e:
+        raise HealthError(f"health: {e}") from None
 
 
 class LibvirtBackend:
@@ -61,7 +58,7 @@ class LibvirtBackend:
             state, reason = domain.state()
             managed = state == VIR_DOMAIN_SHUTOFF and bool(domain.hasManagedSaveImage(0))
             reality = libvirt_reality(state, managed)
-            shown = LIBVIRT_STATE_NAMES[state] if 0 <= state < len(LIBVIRT_STATE_NAMES) else f"state {state}"
+            shown = libvirt.state_name(state)
             return Observation(reality, f"domain {domain.name()} is {shown} (reason {reason})"
                                + (" with a managed-save image" if managed else ""), source)
         except lv.libvirtError as e:
@@ -83,17 +80,7 @@ class LibvirtBackend:
         lv = self._lv
         conn = lv.openReadOnly(uri)
         try:
-            guests = []
-            for domain in conn.listAllDomains(0):
-                try:
-                    state = domain.state()[0]
-                except lv.libvirtError as e:
-                    if e.get_error_code() == VIR_ERR_NO_DOMAIN:
-                        continue                # gone since the list was read
-                    raise
-                shown = LIBVIRT_STATE_NAMES[state] if 0 <= state < len(LIBVIRT_STATE_NAMES) else f"state-{state}"
-                guests.append(Guest(domain.UUIDString(), domain.name(), shown))
-            return guests
+            return [Guest(d.uuid, d.name, libvirt.state_name(d.state)) for d in libvirt.read_domains(conn)]
         finally:
             try:
                 conn.close()

@@ -8,11 +8,15 @@ from typing import Sequence
 from crashup_lib.health.model import HOST, HOST_UP, RESOURCE
 from crashup_lib.rules import ABSENT, HOST_DOWN, PAUSED, RUNNING, SHUT_OFF, SUSPENDED, UNKNOWN
 
-# libvirt's virDomainState (a stable ABI: libvirt.VIR_DOMAIN_*), so the mapping needs no libvirt import.
-VIR_DOMAIN_NOSTATE, VIR_DOMAIN_RUNNING, VIR_DOMAIN_BLOCKED, VIR_DOMAIN_PAUSED, VIR_DOMAIN_SHUTDOWN, \
-    VIR_DOMAIN_SHUTOFF, VIR_DOMAIN_CRASHED, VIR_DOMAIN_PMSUSPENDED = range(8)
-VIR_ERR_NO_DOMAIN = 42
-VIR_ERR_INVALID_ARG = 8
+# libvirt's virDomainState (a stable ABI, kept in crashup_lib.libvirt), so the mapping needs no libvirt import.
+from crashup_lib.libvirt import (LIBVIRT_STATE_NAMES, VIR_DOMAIN_BLOCKED, VIR_DOMAIN_CRASHED,
+                                 VIR_DOMAIN_NOSTATE, VIR_DOMAIN_PAUSED, VIR_DOMAIN_PMSUSPENDED, VIR_DOMAIN_RUNNING,
+                                 VIR_DOMAIN_SHUTDOWN, VIR_DOMAIN_SHUTOFF, VIR_ERR_INVALID_ARG, VIR_ERR_NO_DOMAIN)
+
+__all__ = ["LIBVIRT_REALITIES", "LIBVIRT_STATE_NAMES", "VIR_DOMAIN_BLOCKED", "VIR_DOMAIN_CRASHED", "VIR_DOMAIN_NOSTATE",
+           "VIR_DOMAIN_PAUSED", "VIR_DOMAIN_PMSUSPENDED", "VIR_DOMAIN_RUNNING", "VIR_DOMAIN_SHUTDOWN",
+           "VIR_DOMAIN_SHUTOFF", "VIR_ERR_INVALID_ARG", "VIR_ERR_NO_DOMAIN", "combine", "heartbeat_reality",
+           "image_data_reality", "libvirt_reality", "power_reality"]
 
 #: nova's own reading (nova/virt/libvirt/guest.py LIBVIRT_POWER_STATE), so a reality means what nova's power_state
 #: would: BLOCKED is running, SHUTDOWN (being shut down) is SHUTDOWN for nova, hence shut_off, CRASHED is shut_off
@@ -27,7 +31,6 @@ LIBVIRT_REALITIES = {
     VIR_DOMAIN_CRASHED: SHUT_OFF,
     VIR_DOMAIN_PMSUSPENDED: SUSPENDED,
 }
-LIBVIRT_STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended")
 
 
 def libvirt_reality(state: int, managed_save: bool = False) -> str:

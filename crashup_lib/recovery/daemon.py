@@ -14,7 +14,7 @@ import pathlib
 import signal
 import threading
 
-from crashup_lib import cinder, events, log, nova, pacemaker
+from crashup_lib import cinder, events, log, metrics, nova, pacemaker
 from crashup_lib.presence import RECOVERY, Presence
 from crashup_lib.recovery.pipeline import Recovery
 
@@ -42,6 +42,7 @@ class Daemon:
         self._recovery = None
         self._recovery_lock = threading.Lock()
         self._emitter_lock = threading.Lock()
+        self.metrics: metrics.Exporter | None = None   # [metrics] metrics_textfile: made by run()
 
     def recovery(self):
         """The pipeline with its clients, made once, shared by the workers (building clients costs time)."""
@@ -86,9 +87,14 @@ class Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.emitter()                            # now: the bus's outbox is replayed from the start
         threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+        self.metrics = metrics.Exporter.from_config(self.cfg)
+        if self.metrics is not None:
+            self.metrics.start()                  # its own threads: the watch only hands it the requests
         try:
             self._watch()
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             self.close_emitter()
 
     def close_emitter(self) -> None:
@@ -123,6 +129,8 @@ class Daemon:
             LOG.info("quorum back: watching recovery requests again")
         self.inquorate = False
         found, lagging = self.cluster.survey()
+        if self.metrics is not None:
+            self.metrics.requests_seen(found)
         # a lag seen twice in a row is a writer that stopped between its two writes, not one still writing
         for req in lagging:
             if req in self.lagging:

@@ -192,9 +192,17 @@ class Recovery:
             self._emit(events.HOST_FAILED, host, self._failed_payload(req, host, servers, repairs))
         found = storage.gather(self.cinder, [s.id for s in servers], concurrency=self.cfg.concurrency)
         self._repair_volumes(host, found, servers, req.fenced_at)
-        the_plan = plan_for_host(self.nova, host, self.cfg, servers=servers, microversion=self.microversion,
-                                 filter_mode=req.filter_mode or None,
-                                 volumes={sid: sv.volume_ids for sid, sv in found.items()})
+        volumes = {sid: sv.volume_ids for sid, sv in found.items()}
+        try:                                     # `crashup evacuate --to`: the operator's target, while it can take them
+            the_plan = plan_for_host(self.nova, host, self.cfg, servers=servers, microversion=self.microversion,
+                                     filter_mode=req.filter_mode or None, volumes=volumes,
+                                     target_host=req.target or None)
+        except planning.PlanError as e:
+            if not req.target:
+                raise
+            LOG.warning("%s: target %s not usable (%s): the plan chooses", req.node, req.target, e)
+            the_plan = plan_for_host(self.nova, host, self.cfg, servers=servers, microversion=self.microversion,
+                                     filter_mode=req.filter_mode or None, volumes=volumes)
         if not req.filter_mode:
             req = self._save(req.moved_to(req.state, f"evacuating {len(the_plan.steps)} instances",
                                           filter_mode=the_plan.filter_mode))

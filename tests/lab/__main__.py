@@ -1,8 +1,8 @@
-"""The lab's command line: python -m tests.lab up|down|status|fail|power|bmc-fault|nova-fault|demo"""
+"""The lab's command line: python -m tests.lab up|down|status|fail|power|bmc-fault|nova-fault|guest|demo"""
 import argparse
 import sys
 
-from tests.lab import controllers, lab, topology
+from tests.lab import controllers, guests, lab, topology
 from tests.lab.netns import LabError
 from tests.lab.nova_env import NovaBoxError, NovaEnvError
 
@@ -15,6 +15,11 @@ def main(argv=None) -> int:
     up.add_argument("--nodes", type=int, default=topology.DEFAULT_NODES, choices=range(1, 7), metavar="1-6")
     up.add_argument("--controllers", type=int, default=1, choices=(1, 3, 5),
                     help="1: ctl1 on the host (default); 3 or 5: each in its own namespaces, fenced by its BMC")
+    up.add_argument("--guests", action="store_true",
+                    help="real guests possible: a libvirtd per compute node; servers of a flavor with extra spec "
+                         "lab:guest=qemu are qemu domains (tests/lab/guests.py)")
+    up.add_argument("--guest-monitor", action="store_true",
+                    help="--guests, and crashup's guest monitor (crashup guests --daemon) cloned on every compute node")
     sub.add_parser("down", help="stop everything and remove what the lab made (logs stay)")
     sub.add_parser("status", help="cluster, BMC, bus, cinder and nova state")
     crm = sub.add_parser("crm", help="run a command inside a controller (several controllers): crm ctl2 -- crm_mon -1")
@@ -41,13 +46,19 @@ def main(argv=None) -> int:
     nf.add_argument("--status", type=int, default=500)
     nf.add_argument("--delay", type=float, default=0.0)
     nf.add_argument("--count", type=int, default=1)
+    g = sub.add_parser("guest", help="fail a real guest (lab up --guests): --how watchdog|panic|kill|run")
+    g.add_argument("server", help="the server's uuid (= its domain's)")
+    g.add_argument("--how", choices=guests.HOWS, required=True,
+                   help="watchdog: stop petting the watchdog; panic: kernel panic (pvpanic); kill: SIGKILL its "
+                        "qemu; run: back to normal")
     sub.add_parser("demo", help="the main job: a compute node fails and is fenced, live")
     args = p.parse_args(argv)
     try:
         if args.command == "up":
             print(f"lab up: {'ctl1' if args.controllers == 1 else f'{args.controllers} controllers'} + {args.nodes} "
                   "compute nodes")
-            t = lab.up(args.nodes, controllers=args.controllers)
+            t = lab.up(args.nodes, controllers=args.controllers, guests=args.guests,
+                       guest_monitor=args.guest_monitor)
             print(f"lab up in {t.total:.1f}s; export OS_CLIENT_CONFIG_FILE={lab.CLOUDS_YAML} (cloud {lab.CLOUD})")
         elif args.command == "down":
             print("lab down")
@@ -94,6 +105,10 @@ def main(argv=None) -> int:
                                            count=args.count))
             else:
                 print(f"cleared {lab.nova().clear_faults()} nova faults")
+        elif args.command == "guest":
+            if not lab.guests_on():
+                raise LabError("the lab has no real guests: `python -m tests.lab up --guests`")
+            print(guests.inject(args.server, args.how))
         elif args.command == "demo":
             from tests.lab import demo
             return demo.main()

@@ -7,7 +7,7 @@ on:  the host boots (BOOT_SECONDS: no machine is back the instant its power is),
 import sys
 import time
 
-from tests.lab import lab, pacemaker
+from tests.lab import lab, libvirtd, netns, pacemaker
 from tests.lab.nova_env import NovaBoxError
 
 
@@ -21,6 +21,9 @@ def main(argv: list[str]) -> int:
     action, n = argv[0], lab.node(argv[1])
     if action == "off":
         pacemaker.kill_remoted(n)
+        netns.kill_in_node(n, lab.CRASHUP_DAEMON)     # its guest monitor too
+        if lab.guests_on():                  # its libvirtd and every qemu die with the host
+            libvirtd.kill(n)
         try:
             lab.nova().stop_compute(n.nova_host, power_off=True)
         except NovaBoxError as e:
@@ -32,6 +35,8 @@ def main(argv: list[str]) -> int:
         time.sleep(BOOT_SECONDS)
         pacemaker.link(n, True)
         pacemaker.start_remoted(n, fresh_run=True)
+        if lab.guests_on():                  # libvirtd is started at boot; its domains were defined, now shut off
+            libvirtd.start(n)
     return 0
 
 

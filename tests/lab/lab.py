@@ -5,7 +5,8 @@ cinder.py + cinderbox/); this joins them: crashup's agents installed where Pacem
 fence_crashup_ipmi device and fencing level per node against that node's BMC, BMC power hooks that really take a node
 down (hooks.py), a clouds.yaml for the clients, a RabbitMQ broker for the notification bus (loopback, its transport URL
 in a file), a real cinder on that broker (a vhost of its own) that nova uses, failure injection, and a teardown that
-leaves nothing behind but logs and the install caches.
+leaves nothing behind but logs and the install caches. With `up(guests=True)` a libvirtd per compute node
+(libvirtd.py) runs real qemu guests (guests.py, guestimage.py) for servers of flavors with lab:guest=qemu.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import threading
 import time
 
 from tests.lab import controllers as ctl_cluster
-from tests.lab import nova_env, pacemaker, rabbitmq, topology
+from tests.lab import libvirtd, netns, nova_env, pacemaker, rabbitmq, topology
 from tests.lab.cinder import SERVICES as CINDER_SERVICES, Cinder, CinderError
 from tests.lab.netns import LabError
 from tests.lab.topology import LAB_DIR, LOG_DIR, REPO, RUN_DIR, SECRETS_DIR, Node
@@ -37,6 +38,9 @@ CLOUD = "crashup-lab"
 #: the lab's init system for nova-compute (the box runs every compute; this drives one through its control API)
 COMPUTE_CTL = REPO / "tests" / "lab" / "crlab-compute"
 NOVA_COMPUTE = "nova-compute"                  # the clone's primitive; the clone is NOVA_COMPUTE + "-clone"
+#: what a node's crashup daemons (the guest monitor) have in their command line: a crash of the node kills them
+CRASHUP_DAEMON = b"crashup_lib.cli"
+GUEST_MONITOR = "crashup-guests"               # the guest monitor's primitive (`crashup pcs render`, guest_monitor)
 BMC_DIR = RUN_DIR / "bmc"
 NOVA_STATE = RUN_DIR / "nova"
 BUS_DIR = RUN_DIR / "bus"                     # the broker's state: mnesia, cookie, password (0600), pid files
@@ -217,11 +221,13 @@ def bmc(n: Node):
 
 # --- the notification bus -----------------------------------------------------------------------------------------------
 
-def broker() -> rabbitmq.Broker:
-    """The lab's RabbitMQ (running or not: a Broker attaches to its state directory; its logs in LOG_DIR/rabbitmq)."""
+def broker(also_listen: tuple[str, ...] = ()) -> rabbitmq.Broker:
+    """The lab's RabbitMQ (running or not: a Broker attaches to its state directory; its logs in LOG_DIR/rabbitmq).
+    also_listen: addresses besides loopback (a lab with real guests: the bridge, for the nodes' guest monitors);
+    kept in the state directory, so a restart (`fail bus --how start`) listens where the first start did."""
     return rabbitmq.Broker(BUS_DIR, topology.BUS_PORT, dist_port=topology.BUS_DIST_PORT,
                            epmd_port=topology.BUS_EPMD_PORT, nodename=topology.BUS_NODENAME, vhost=topology.BUS_VHOST,
-                           user=topology.BUS_USER, log_dir=LOG_DIR / "rabbitmq")
+                           user=topology.BUS_USER, log_dir=LOG_DIR / "rabbitmq", also_listen=also_listen)
 
 
 def bus_options() -> dict[str, str]:
@@ -322,10 +328,10 @@ def cloud_config(microversion: str = "2.95"):
         cloud=CLOUD, compute_api_version=microversion)
 
 
-def write_crashup_conf(lab_nodes: list[Node], mode: str = "auto") -> pathlib.Path:
+def write_crashup_conf(lab_nodes: list[Node], mode: str = "auto", state: dict | None = None) -> pathlib.Path:
     """crashup's configuration for the lab, rendered from the lab's inventory (crashup pcs render --conf)."""
     from crashup_lib import pcs
-    CRASHUP_CONF.write_text(pcs.crashup_conf(pcs.parse(inventory(lab_nodes, mode), "lab inventory")))
+    CRASHUP_CONF.write_text(pcs.crashup_conf(pcs.parse(inventory(lab_nodes, mode, state), "lab inventory")))
     return CRASHUP_CONF
 
 
@@ -336,9 +342,25 @@ def connection(microversion: str = "2.95"):
 
 # --- Pacemaker configuration ------------------------------------------------------------------------------------------
 
-def inventory(lab_nodes: list[Node], mode: str = "auto") -> dict:
+def guest_options(state: dict | None = None) -> dict[str, str]:
+    """crashup.conf's [guests] options for a lab with real guests (state: lab.json's, default the running lab's),
+    those this crashup knows: every node's libvirt URI, and the guest monitor's clone when the lab was asked for it."""
+    from crashup_lib import config
+    state = read_state() if state is None else state
+    if not state.get("guests"):
+        return {}
+    # the state file in the node's own /run (DAEMON_DIR): one per node, as each host's /var/lib is, and nothing left
+    # on the machine by `lab down`
+    wanted = {"guest_libvirt_uri": state["libvirt_uri"], "guest_state_file": str(DAEMON_DIR / "guests.json"),
+              **({"guest_monitor": "yes"} if state.get("guest_monitor") else {})}
+    return {k: v for k, v in wanted.items() if k in config.BY_NAME}
+
+
+def inventory(lab_nodes: list[Node], mode: str = "auto", state: dict | None = None) -> dict:
     """The lab as an operator's inventory (pcs-templates/README.md): every end-to-end test runs on the Pacemaker
-    configuration and crashup.conf that `crashup pcs render` makes of it. Shorter intervals than production's."""
+    configuration and crashup.conf that `crashup pcs render` makes of it. Shorter intervals than production's.
+    state: lab.json's (default: the running lab's), for the [guests] options of a lab with real guests."""
+    guest = guest_options(state)
     ctl = f"{COMPUTE_CTL} http://{topology.BRIDGE_ADDR}:{topology.NOVA_API_PORT}"
     # several controllers (tests/lab/controllers.py): each fenced through its BMC, with the lab's short delay
     several = [{"name": c.name, "bmc": {"address": c.net.host, "port": c.bmc_port}}
@@ -352,6 +374,7 @@ def inventory(lab_nodes: list[Node], mode: str = "auto") -> dict:
         "openstack": {"cloud": CLOUD, "clouds_file": str(CLOUDS_YAML), "interface": "public", "api_timeout": 20},
         "recovery": {"mode": mode},
         "events": {"journal": str(JOURNAL), **bus_options()},
+        **({"guests": guest} if guest else {}),
         "nova_compute": {"backend": "command", "start_command": f"{ctl} start {{host}}",
                          "stop_command": f"{ctl} stop {{host}}", "status_command": f"{ctl} status {{host}}",
                          "heartbeat_cache": 5},
@@ -362,9 +385,9 @@ def inventory(lab_nodes: list[Node], mode: str = "auto") -> dict:
     }
 
 
-def write_inventory(lab_nodes: list[Node]) -> pathlib.Path:
+def write_inventory(lab_nodes: list[Node], state: dict | None = None) -> pathlib.Path:
     import yaml
-    INVENTORY.write_text(yaml.safe_dump(inventory(lab_nodes), sort_keys=False))
+    INVENTORY.write_text(yaml.safe_dump(inventory(lab_nodes, state=state), sort_keys=False))
     return INVENTORY
 
 
@@ -380,10 +403,17 @@ def all_started(st) -> bool:
 
 # --- up / down ----------------------------------------------------------------------------------------------------------
 
-def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: int = 1) -> Timeline:
+def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: int = 1,
+       guests: bool = False, guest_monitor: bool = False) -> Timeline:
     """Bring the whole lab up; idempotent only in the sense that a running lab is refused, never adopted.
     controllers > 1: that many controllers, each in its own namespaces (tests/lab/controllers.py), instead of ctl1
-    on the host."""
+    on the host. guests: real guests possible (tests/lab/guests.py): a libvirtd per compute node, the nova box's
+    driver making servers of flavors with lab:guest=qemu real qemu domains, the broker on the bridge too (the
+    transport URL file names the bridge address: crashup on the nodes reads the same crashup.conf). guest_monitor
+    (implies guests): crashup's guest monitor clone on every compute node (inventory `guests.guest_monitor`)."""
+    guests = guests or guest_monitor
+    guest_state = {"guests": True, "libvirt_uri": libvirtd.uri_template(), "guest_monitor": guest_monitor,
+                   "bus_bridge_address": topology.BRIDGE_ADDR} if guests else {}
     if read_state() or ctl_cluster.read_state():
         raise LabError(f"a lab is already up ({STATE_FILE}); run `python -m tests.lab down` first")
     why = rabbitmq.available()
@@ -393,7 +423,13 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: in
     lab_nodes = topology.nodes(count)
     pacemaker.install()
     nova_env.ensure_nova_venv(quiet=True)
-    t.mark("packages, pacemaker-remoted, nova venv ready")
+    guest_args: list[str] = []
+    if guests:
+        from tests.lab import guestimage
+        image = guestimage.ensure()
+        guest_args = ["--libvirt-uri", libvirtd.uri_template(), "--guest-kernel", str(image.kernel),
+                      "--guest-initrd", str(image.initrd), "--guest-cmdline", image.cmdline]
+    t.mark("packages, pacemaker-remoted, nova venv" + (", guest image" if guests else "") + " ready")
     for d in (RUN_DIR, LOG_DIR):
         d.mkdir(parents=True, exist_ok=True)
     install_agents()
@@ -401,9 +437,9 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: in
     netns.ensure_bridge()
     box = nova_env.NovaBox()
     nova_error: list[BaseException] = []
-    bus = broker()
+    bus = broker(also_listen=(topology.BRIDGE_ADDR,) if guests else ())
     bus.prepare()                                        # ports, password: the URL is known before the broker runs
-    bus.write_url_file(TRANSPORT_URL_FILE)
+    bus.write_url_file(TRANSPORT_URL_FILE, host=topology.BRIDGE_ADDR if guests else rabbitmq.HOST)
     bus_error: list[BaseException] = []
 
     def start_bus():
@@ -431,7 +467,7 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: in
     def start_nova():
         try:
             box.start(hosts=[n.nova_host for n in lab_nodes], state_dir=NOVA_STATE, log_file=LOG_DIR / "nova.log",
-                      extra_args=["--cinder-url", topology.cinder_url()])
+                      extra_args=["--cinder-url", topology.cinder_url(), *guest_args])
         except BaseException as e:                       # reported in the main thread
             nova_error.append(e)
     nova_thread = threading.Thread(target=start_nova, name="nova-start")
@@ -447,6 +483,9 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: in
             for n in lab_nodes:
                 pacemaker.add_node(n)
             t.mark(f"{count} compute nodes listening (netns, pacemaker-remoted)")
+            if guests:
+                took = libvirtd.start_all(lab_nodes)
+                t.mark(f"{count} libvirtd answering (slowest {max(took.values()):.1f}s)")
             for n in lab_nodes:
                 start_bmc(n)
             t.mark(f"{count} BMC simulators listening")
@@ -463,21 +502,24 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: in
                                           "cinder_url": topology.cinder_url(), "cinder_db": block.db_url(),
                                           "clouds_yaml": str(write_clouds_yaml()), "cloud": CLOUD,
                                           "transport_url_file": str(TRANSPORT_URL_FILE),
-                                          "crashup_conf": str(write_crashup_conf(lab_nodes))}))
+                                          "crashup_conf": str(write_crashup_conf(lab_nodes, state=guest_state)),
+                                          **guest_state}))
         if controllers > 1:
             # the same commands through the same apply_pcs, with the CIB read and pushed inside a controller (pcs
             # -f itself runs here: inside a controller's namespaces each pcs call takes ~10 s)
             from crashup_lib import pcs
-            pacemaker.push_config(pcs.commands(pcs.load(str(write_inventory(lab_nodes)))))
+            pacemaker.push_config(pcs.commands(pcs.load(str(write_inventory(lab_nodes, guest_state)))))
         else:
             # what an operator runs: `crashup pcs apply INVENTORY`
             applied = subprocess.run([sys.executable, "-m", "crashup_lib.cli", "pcs", "apply",
-                                      str(write_inventory(lab_nodes))], capture_output=True, text=True, timeout=600)
+                                      str(write_inventory(lab_nodes, guest_state))], capture_output=True, text=True,
+                                     timeout=600)
             if applied.returncode != 0:
                 raise LabError(f"crashup pcs apply failed: {(applied.stderr or applied.stdout).strip()}")
         t.mark("Pacemaker configuration pushed")
         pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and "crashup" in st.resources and all_started(st)
-                           and all(compute_running(st, n) for n in lab_nodes),
+                           and all(compute_running(st, n) for n in lab_nodes)
+                           and (not guest_monitor or all(clone_running(st, GUEST_MONITOR, n) for n in lab_nodes)),
                            90 if controllers == 1 else 120, "every compute node online, every resource started")
         t.mark("every compute node online, every fence device and crashup's recovery daemon started")
     except BaseException:
@@ -498,10 +540,15 @@ def recovery_request(n: Node):
     return cluster.request(n.name)
 
 
+def clone_running(st, primitive: str, n: Node) -> bool:
+    """The clone of primitive runs on node n, no operation of it pending (as Pacemaker sees it)."""
+    clone = st.resources.get(f"{primitive}-clone")
+    return clone is not None and n.name in clone.nodes and not clone.pending
+
+
 def compute_running(st, n: Node) -> bool:
     """crashup's nova-compute agent runs on node n (as Pacemaker sees it)."""
-    clone = st.resources.get(f"{NOVA_COMPUTE}-clone")
-    return clone is not None and n.name in clone.nodes and not clone.pending
+    return clone_running(st, NOVA_COMPUTE, n)
 
 
 def wait_rejoined(n: Node, timeout: float = 120) -> None:
@@ -563,6 +610,9 @@ def down(quiet: bool = False) -> Timeline:
     with contextlib.suppress(Exception):
         nova().stop()
     t.mark("nova stopped")
+    if libvirtd.BASE.exists():
+        libvirtd.stop_all()
+        t.mark("libvirtd of every node stopped, every domain destroyed")
     bus_thread.join()
     took = ([f"cinder in {cinder_stopped[0]:.1f}s"] if cinder_stopped else []) + \
         ([f"the broker in {bus_stopped[0]:.1f}s"] if bus_stopped else [])
@@ -590,6 +640,9 @@ def fail(n: Node, how: str) -> None:
     power: its BMC powers it off (the power hook takes it down)."""
     if how == "crash":
         pacemaker.kill_remoted(n)
+        netns.kill_in_node(n, CRASHUP_DAEMON)
+        if guests_on():
+            libvirtd.kill(n)
         nova().stop_compute(n.nova_host, power_off=True)
     elif how == "net":
         pacemaker.link(n, False)
@@ -599,6 +652,11 @@ def fail(n: Node, how: str) -> None:
             session.set_power("off")
     else:
         raise LabError(f"unknown failure {how!r}: one of {', '.join(FAILURES)}")
+
+
+def guests_on() -> bool:
+    """The lab was brought up with real guests (a libvirtd per node)."""
+    return bool(read_state().get("guests"))
 
 
 def status_text() -> str:
@@ -623,6 +681,9 @@ def status_text() -> str:
         lines.append(cinder().status_line())
     except Exception as e:
         lines.append(f"cinder: unknown ({e})")
+    if state.get("guests"):
+        lines.append("libvirtd: " + ", ".join(f"{n.name} {'running' if libvirtd.running(n) else 'stopped'} "
+                                              f"({len(libvirtd.qemu_pids(n))} qemu)" for n in nodes()))
     try:
         computes = nova().get_state().get("computes", {})
         lines.append("nova-compute: " + ", ".join(f"{h} {'running' if up else 'stopped'}"

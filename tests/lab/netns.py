@@ -304,6 +304,32 @@ def fresh_run(node: Node) -> None:
     run(nsenter_argv(node, ["sh", "-ec", f"umount -l /run; mount -t tmpfs -o mode=755 crlab-run /run && {_RUN_LAYOUT}"]))
 
 
+def kill_in_node(node: Node, marker: bytes) -> list[int]:
+    """SIGKILL the processes inside the node (its network namespace) whose command line holds `marker`: what a
+    crash does to the daemons Pacemaker's agents started there (they run in sessions of their own: killing
+    pacemaker-remoted leaves them running). The pids killed."""
+    rec = read_record(anchor_record(node))
+    if not alive(rec):
+        return []
+    try:
+        netns = os.readlink(f"/proc/{rec['pid']}/ns/net")
+    except OSError:
+        return []
+    killed = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == rec["pid"]:
+            continue
+        try:
+            if (os.readlink(f"/proc/{d}/ns/net") != netns
+                    or marker not in pathlib.Path(f"/proc/{d}/cmdline").read_bytes()):
+                continue
+            os.kill(int(d), signal.SIGKILL)
+            killed.append(int(d))
+        except OSError:
+            continue
+    return killed
+
+
 def nsenter_argv(node: Node, argv: Sequence[str]) -> list[str]:
     rec = read_record(anchor_record(node))
     if not alive(rec):

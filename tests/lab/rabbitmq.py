@@ -160,7 +160,7 @@ class Broker:
 
     def __init__(self, state_dir: str | os.PathLike | None = None, port: int = 0, *, dist_port: int = 0,
                  epmd_port: int = 0, nodename: str = "crashup-bus@localhost", vhost: str = VHOST, user: str = USER,
-                 log_dir: str | os.PathLike | None = None):
+                 log_dir: str | os.PathLike | None = None, also_listen: tuple[str, ...] = ()):
         self._owned = state_dir is None
         self.state_dir = pathlib.Path(state_dir or tempfile.mkdtemp(prefix="crashup-rabbitmq-")).resolve()
         saved = self._saved()
@@ -170,6 +170,8 @@ class Broker:
         self.nodename = saved.get("nodename", nodename)
         self.vhost = saved.get("vhost", vhost)
         self.user = saved.get("user", user)
+        #: addresses AMQP listens on besides HOST, same port (the lab's bridge, for processes on compute nodes)
+        self.also_listen = tuple(also_listen or saved.get("also_listen", ()))
         self.log_dir = pathlib.Path(log_dir) if log_dir else self.state_dir / "log"
         self.home = self.state_dir / "home"
         self.conf_file = self.state_dir / "rabbitmq.conf"
@@ -206,20 +208,20 @@ class Broker:
         except OSError:
             raise BrokerError(f"no broker password in {self.password_file} (never started?)") from None
 
-    def url(self, scheme: str = "amqp") -> str:
+    def url(self, scheme: str = "amqp", host: str = HOST) -> str:
         """The broker's URL with the user's password: do not print it. A vhost's '/' is written %2F."""
         vhost = urllib.parse.quote(self.vhost, safe="")
-        return f"{scheme}://{self.user}:{urllib.parse.quote(self.password, safe='')}@{HOST}:{self.port}/{vhost}"
+        return f"{scheme}://{self.user}:{urllib.parse.quote(self.password, safe='')}@{host}:{self.port}/{vhost}"
 
     def transport_url(self) -> str:
         """The oslo.messaging transport URL (rabbit://...), as crashup's `transport_url_file` holds it."""
         return self.url("rabbit")
 
-    def write_url_file(self, path: str | os.PathLike, scheme: str = "rabbit") -> pathlib.Path:
+    def write_url_file(self, path: str | os.PathLike, scheme: str = "rabbit", host: str = HOST) -> pathlib.Path:
         """The URL in a file of mode 600 (e.g. crashup's transport_url_file)."""
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(path, self.url(scheme) + "\n")
+        _write_private(path, self.url(scheme, host) + "\n")
         return path
 
     @property
@@ -251,7 +253,7 @@ class Broker:
     def _env(self) -> dict[str, str]:
         """The broker's and rabbitmqctl's environment: nothing inherited; every path under state_dir or log_dir."""
         s = self.state_dir
-        return {
+        env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.home), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
             "ERL_EPMD_PORT": str(self.epmd_port), "ERL_EPMD_ADDRESS": HOST,
             "RABBITMQ_NODENAME": self.nodename, "RABBITMQ_NODE_IP_ADDRESS": HOST,
@@ -266,6 +268,9 @@ class Broker:
             "RABBITMQ_CTL_ERL_ARGS": ERL_LOOPBACK, "RABBITMQ_CTL_DIST_PORT_MIN": "0",
             "RABBITMQ_CTL_DIST_PORT_MAX": "0",
         }
+        if self.also_listen:                             # the configuration's listeners (prepare) rule then
+            del env["RABBITMQ_NODE_IP_ADDRESS"], env["RABBITMQ_NODE_PORT"]
+        return env
 
     def prepare(self) -> None:
         """The state directory, ports (free ones where 0), cookie, password and configuration; idempotent. start()
@@ -279,7 +284,8 @@ class Broker:
                 setattr(self, name, free_port())
         (self.state_dir / "broker.json").write_text(json.dumps(
             {"port": self.port, "dist_port": self.dist_port, "epmd_port": self.epmd_port,
-             "nodename": self.nodename, "vhost": self.vhost, "user": self.user}) + "\n")
+             "nodename": self.nodename, "vhost": self.vhost, "user": self.user,
+             **({"also_listen": list(self.also_listen)} if self.also_listen else {})}) + "\n")
         cookie = self.home / ".erlang.cookie"
         if not cookie.exists():
             _write_private(cookie, "".join(secrets.choice(string.ascii_uppercase) for _ in range(32)), 0o400)
@@ -293,7 +299,10 @@ class Broker:
             "# written by tests/lab/rabbitmq.py: a throwaway broker",
             f"default_vhost = {self.vhost}", f"default_user = {self.user}", f"default_pass = {password}",
             "default_permissions.configure = .*", "default_permissions.read = .*", "default_permissions.write = .*",
-            "log.console = false", "log.file.level = info", ""]))
+            "log.console = false", "log.file.level = info",
+            # more than one address: listeners here (RABBITMQ_NODE_IP_ADDRESS, one address, is then left out)
+            *(f"listeners.tcp.{i} = {a}:{self.port}" for i, a in enumerate((HOST, *self.also_listen), 1)
+              if self.also_listen), ""]))
         (self.state_dir / "rabbitmq-env.conf").write_text("# empty: /etc/rabbitmq/rabbitmq-env.conf is not read\n")
         (self.state_dir / "enabled_plugins").write_text("[].\n")
 

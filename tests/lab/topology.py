@@ -3,7 +3,9 @@
 Compute nodes live in network namespaces joined by one bridge on the host, so the controller (host namespace) and
 every node reach the same nova API address; BMCs listen on loopback UDP, which only the controller (where
 pacemaker-fenced runs fence agents) needs to reach. The RabbitMQ broker (the notification bus) listens on loopback
-too: crashup's recovery daemon, its only client in the lab, runs on the controller; compute nodes never reach it.
+too: crashup's recovery daemon, its only client in the lab, runs on the controller; compute nodes never reach it,
+but in a lab with real guests (`lab up --guests`), where the nodes' guest monitors publish, it listens on BRIDGE_ADDR
+as well (same port).
 """
 from __future__ import annotations
 

@@ -18,6 +18,12 @@ nova managers.
     -> binds both ports at once (a busy port fails in < 1 s), builds nova (~6 s), writes --state-file (default
        DIR/state.json, atomically) and prints "NOVABOX READY {json}".  SIGTERM/SIGINT: exits within ~3 s.
 
+Real guests (--libvirt-uri 'qemu:///system?socket=.../{host}/libvirt-sock' --guest-kernel K --guest-initrd I):
+a server whose flavor has the extra spec lab:guest=qemu is also a real qemu domain on its host's libvirtd (uuid =
+instance uuid, name = instance.name, hw:watchdog_action -> an i6300esb watchdog, a pvpanic device, on_crash
+preserve): spawn/destroy/reboot/power_off/power_on/evacuation act on it, get_info answers from it, and its
+libvirt lifecycle events reach nova-compute as nova's libvirt driver sends them. Other servers stay fake.
+
 Auth (no keystone): any "X-Auth-Token: <user>:<project>" is accepted; user "admin" gets the roles
 admin,member,reader, others member,reader (keystoneauth1: token_endpoint.Token(url, "admin:admin")).
 
@@ -32,7 +38,8 @@ Control API (test side channel, not nova), JSON in and out, under http://<bind>:
                                                 (running: true) but sends no more heartbeats
     GET    /novabox/computes/<host>/guests      {"host", "running", "guests": [uuid...], "power_states": {uuid: s},
                                                 "volumes": {uuid: [volume id...]}} (the guests' connected volumes)
-                                                what that host's fake hypervisor holds
+                                                what that host's fake hypervisor holds (real
+                                                guests: as its libvirtd last said, refreshed every second)
     GET    /novabox/guests                      {"guests": {host: [uuid...]}} for all hosts
     POST   /novabox/instances/<uuid>/db         body: columns to write in the cell DB (task_state, vm_state,
                                                 power_state, updated_at, host, node, launched_at)
@@ -553,7 +560,10 @@ def build():
     if ARGS.cinder_url:
         _skip_cinder_fixture()
     _patch_fake_driver_volumes()
+    if ARGS.libvirt_uri:
+        _patch_fake_driver_guests()
     box = box_class('runTest')
+    _BOX[0] = box
     t0 = time.time()
     box.setUp()
     # nova.test.TestCase.setUp sets futurist's idle-worker poll to 10 ms to
@@ -609,6 +619,375 @@ def _patch_fake_driver_volumes():
     fake.FakeDriver.spawn = spawn_with_volumes
     fake.FakeDriver.destroy = destroy_with_volumes
 
+    def post_live_migration(self, context, instance, block_device_info,
+                            migrate_data=None):
+        # the source host after a live migration holds the guest no more
+        # (nova's FakeLiveMigrateDriver does the same; FakeDriver kept it)
+        self.destroy(context, instance, network_info=None,
+                     block_device_info=block_device_info)
+
+    fake.FakeDriver.post_live_migration = post_live_migration
+
+
+# ---------------------------------------------------------------------------
+# real guests (lab up --guests): servers of a flavor with lab:guest=qemu
+# ---------------------------------------------------------------------------
+GUEST_SPEC = 'lab:guest'
+WATCHDOG_ACTIONS = ('reset', 'poweroff', 'pause', 'none')
+_HVS = {}                # nova host -> _Hypervisor
+_BOX = [None]            # the built box: is a host's nova-compute running
+_EVENTS = None           # (hypervisor, LifecycleEvent) for _emit_events
+
+
+def _domain_xml(uuid, name, memory_mb, kernel, initrd, cmdline, console_log,
+                command_socket, watchdog_action=None):
+    """A TCG guest booting the lab's kernel and initramfs directly: ttyS0 to
+    a log file (appended: every boot's, a panic's trace survives the
+    reboot), ttyS1 a unix socket the lab writes commands to; a watchdog
+    as nova's libvirt driver makes it from hw:watchdog_action, and a pvpanic
+    device with on_crash preserve (a panic leaves it CRASHED, for nova or
+    crashup to act on)."""
+    from xml.sax.saxutils import escape, quoteattr
+    watchdog = ('<watchdog model="i6300esb" action=%s/>' % quoteattr(
+        watchdog_action) if watchdog_action in WATCHDOG_ACTIONS else '')
+    return """<domain type="qemu">
+  <name>%s</name>
+  <uuid>%s</uuid>
+  <memory unit="MiB">%d</memory>
+  <vcpu>1</vcpu>
+  <os><type arch="x86_64" machine="q35">hvm</type><kernel>%s</kernel>
+    <initrd>%s</initrd><cmdline>%s</cmdline></os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>preserve</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type="file"><source path=%s append="on"/><target port="0"/>
+    </serial>
+    <serial type="unix"><source mode="bind" path=%s/><target port="1"/>
+    </serial>
+    <controller type="usb" model="none"/>
+    <memballoon model="none"/>
+    %s
+    <panic model="isa"/>
+  </devices>
+</domain>""" % (escape(name), escape(uuid), memory_mb, escape(kernel),
+                escape(initrd), escape(cmdline), quoteattr(console_log),
+                quoteattr(command_socket), watchdog)
+
+
+def _is_real(instance):
+    try:
+        specs = instance.flavor.extra_specs or {}
+    except Exception:  # no flavor to read: not ours to make real
+        return False
+    return specs.get(GUEST_SPEC) == 'qemu'
+
+
+class _Hypervisor(object):
+    """One compute host's libvirtd: a connection (re-opened when lost: the
+    node crashed and booted again) delivering lifecycle events to the
+    host's driver, as nova's libvirt driver (virt/libvirt/host.py) does."""
+
+    def __init__(self, host, driver):
+        self.host, self.driver = host, driver
+        self.uri = ARGS.libvirt_uri.replace('{host}', host)
+        self.socket = self.uri.split('socket=', 1)[-1]
+        self.guest_dir = os.path.join(os.path.dirname(self.socket), 'guests')
+        self.lock = threading.Lock()
+        self._conn = None
+        # {uuid: nova power state} of every domain, refreshed in the
+        # background (events, every second): the control API's view never
+        # waits on libvirtd (a domain starting holds its lock for seconds)
+        self.states = {}
+
+    def conn(self):
+        import libvirt
+        with self.lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                try:
+                    self._conn.close()
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+            conn = libvirt.open(self.uri)
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                self._lifecycle, None)
+            self._conn = conn
+            LOG.info('novabox: connected to libvirtd of %s', self.host)
+            return conn
+
+    def _lifecycle(self, conn, dom, event, detail, opaque):
+        import libvirt
+        from nova.virt import event as virtevent
+        transition = {
+            libvirt.VIR_DOMAIN_EVENT_STOPPED:
+                virtevent.EVENT_LIFECYCLE_STOPPED,
+            libvirt.VIR_DOMAIN_EVENT_STARTED:
+                virtevent.EVENT_LIFECYCLE_STARTED,
+            libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
+                virtevent.EVENT_LIFECYCLE_PAUSED,
+            libvirt.VIR_DOMAIN_EVENT_RESUMED:
+                virtevent.EVENT_LIFECYCLE_RESUMED,
+        }.get(event)
+        uuid = dom.UUIDString()
+        LOG.info('novabox: %s: libvirt lifecycle event %d/%d of %s',
+                 self.host, event, detail, uuid)
+        _EVENTS.put((self, uuid, None if transition is None else
+                     virtevent.LifecycleEvent(uuid, transition)))
+
+    def refresh(self, uuid=None):
+        """self.states anew (uuid: only that domain's entry)."""
+        import libvirt
+        try:
+            if uuid is None:
+                doms = self.conn().listAllDomains()
+                self.states = {d.UUIDString(): self._map(d.state()[0])
+                               for d in doms}
+                return
+            states = dict(self.states)
+            st = self.power_state(uuid)
+            if st is None:
+                states.pop(uuid, None)
+            else:
+                states[uuid] = st
+            self.states = states
+        except libvirt.libvirtError as e:
+            LOG.debug('novabox: %s: libvirtd: %s', self.host, e)
+            if uuid is None:
+                self.states = {}
+
+    def domain(self, uuid):
+        import libvirt
+        try:
+            return self.conn().lookupByUUIDString(uuid)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def uuids(self):
+        import libvirt
+        try:
+            return [d.UUIDString() for d in self.conn().listAllDomains()]
+        except libvirt.libvirtError as e:
+            LOG.warning('novabox: %s: libvirtd: %s', self.host, e)
+            return []
+
+    def power_state(self, uuid):
+        """nova's power state of the domain, as nova's libvirt driver maps
+        it; None when libvirtd holds no such domain."""
+        dom = self.domain(uuid)
+        return None if dom is None else self._map(dom.state()[0])
+
+    @staticmethod
+    def _map(state):
+        import libvirt
+        from nova.compute import power_state as ps
+        return {libvirt.VIR_DOMAIN_RUNNING: ps.RUNNING,
+                libvirt.VIR_DOMAIN_BLOCKED: ps.RUNNING,
+                libvirt.VIR_DOMAIN_PAUSED: ps.PAUSED,
+                libvirt.VIR_DOMAIN_SHUTDOWN: ps.SHUTDOWN,
+                libvirt.VIR_DOMAIN_SHUTOFF: ps.SHUTDOWN,
+                libvirt.VIR_DOMAIN_CRASHED: ps.CRASHED,
+                libvirt.VIR_DOMAIN_PMSUSPENDED: ps.SUSPENDED,
+                }.get(state, ps.NOSTATE)
+
+    def define(self, instance):
+        os.makedirs(self.guest_dir, exist_ok=True)
+        specs = instance.flavor.extra_specs or {}
+        xml = _domain_xml(
+            instance.uuid, instance.name,
+            max(96, min(int(instance.flavor.memory_mb), 256)),
+            ARGS.guest_kernel, ARGS.guest_initrd, ARGS.guest_cmdline,
+            os.path.join(self.guest_dir, instance.uuid + '.log'),
+            os.path.join(self.guest_dir, instance.uuid + '.cmd'),
+            specs.get('hw:watchdog_action'))
+        return self.conn().defineXML(xml)
+
+    def start(self, instance):
+        dom = self.domain(instance.uuid) or self.define(instance)
+        if not dom.isActive():
+            try:                 # a socket left by a killed qemu
+                os.unlink(os.path.join(self.guest_dir, instance.uuid + '.cmd'))
+            except FileNotFoundError:
+                pass
+            dom.create()
+        self.refresh(instance.uuid)
+
+    def stop(self, uuid):
+        dom = self.domain(uuid)
+        if dom is not None and dom.isActive():
+            dom.destroy()
+        return dom
+
+    def remove(self, uuid):
+        dom = self.stop(uuid)
+        if dom is not None:
+            dom.undefine()
+        self.refresh(uuid)
+
+
+def _hv(driver):
+    host = driver._host
+    if host not in _HVS:
+        _HVS[host] = _Hypervisor(host, driver)
+    return _HVS[host]
+
+
+#: nova's libvirt driver holds a STOPPED lifecycle event this long, and drops
+#: it when another event of the domain comes first (a reboot's STARTED):
+#: nova/virt/libvirt/host.py _event_emit_delayed
+STOPPED_DELAY = 15.0
+
+
+def _emit_events():
+    """nova's manager handles an event synchronously (DB, RPC): never in
+    libvirt's event loop thread. STOPPED waits STOPPED_DELAY as in nova."""
+    from nova.virt import event as virtevent
+    delayed = {}                       # uuid -> threading.Timer
+
+    def emit(hv, ev):
+        svc = _BOX[0].computes.get(hv.host) if _BOX[0] else None
+        if _running(svc):              # a stopped one handles nothing
+            hv.driver.emit_event(ev)
+
+    while True:
+        hv, uuid, ev = _EVENTS.get()
+        hv.refresh(uuid)
+        if ev is None:
+            continue
+        pending = delayed.pop(uuid, None)
+        if pending is not None:
+            pending.cancel()
+        if ev.transition == virtevent.EVENT_LIFECYCLE_STOPPED:
+            timer = delayed[uuid] = threading.Timer(STOPPED_DELAY, emit,
+                                                    (hv, ev))
+            timer.daemon = True
+            timer.start()
+        else:
+            emit(hv, ev)
+
+
+def _keep_connected():
+    """Events flow only on an open connection: re-open a host's as soon as
+    its libvirtd is back (the node booted), not at nova's next call."""
+    while True:
+        for hv in list(_HVS.values()):
+            if os.path.exists(hv.socket):
+                hv.refresh()
+            else:
+                hv.states = {}
+        time.sleep(1)
+
+
+def _patch_fake_driver_guests():
+    """Lab-only (--libvirt-uri): a server whose flavor has lab:guest=qemu is
+    a real qemu domain on its host's libvirtd (uuid = instance uuid, name =
+    instance.name). FakeDriver keeps its bookkeeping (resources, instances);
+    the domain is the truth for power states. Other servers stay fake."""
+    import queue
+    import libvirt
+    from nova import exception
+    from nova.virt import fake, hardware
+    global _EVENTS
+    _EVENTS = queue.Queue()
+    libvirt.virEventRegisterDefaultImpl()   # before any connection opens
+    libvirt.registerErrorHandler(lambda *a: None, None)  # errors are raised
+
+    def loop():
+        while True:
+            libvirt.virEventRunDefaultImpl()
+    for target in (loop, _emit_events, _keep_connected):
+        threading.Thread(target=target, daemon=True,
+                         name='novabox-' + target.__name__).start()
+    F = fake.FakeDriver
+    orig = {n: getattr(F, n) for n in (
+        'init_host', 'spawn', 'destroy', 'reboot', 'power_off', 'power_on',
+        'get_info', 'list_instances', 'list_instance_uuids')}
+
+    def init_host(self, host):
+        orig['init_host'](self, host)
+        _hv(self)
+
+    def spawn(self, context, instance, *a, **kw):
+        orig['spawn'](self, context, instance, *a, **kw)
+        if _is_real(instance):
+            hv = _hv(self)
+            hv.remove(instance.uuid)          # a rebuild: a fresh definition
+            hv.define(instance)
+            if kw.get('power_on', True):
+                hv.start(instance)
+
+    def destroy(self, context, instance, *a, **kw):
+        if _is_real(instance):
+            _hv(self).remove(instance.uuid)
+        orig['destroy'](self, context, instance, *a, **kw)
+
+    def reboot(self, context, instance, network_info, reboot_type, *a, **kw):
+        if not _is_real(instance):
+            return orig['reboot'](self, context, instance, network_info,
+                                  reboot_type, *a, **kw)
+        # SOFT too: the busybox guest ignores ACPI shutdown, and nova's
+        # libvirt driver falls back to a hard reboot when a guest does not
+        # stop
+        hv = _hv(self)
+        hv.stop(instance.uuid)
+        hv.start(instance)
+        if instance.uuid not in self.instances:
+            orig['spawn'](self, context, instance, instance.image_meta,
+                          None, None, None)
+        self.instances[instance.uuid].state = hv.power_state(instance.uuid)
+
+    def power_off(self, instance, timeout=0, retry_interval=0):
+        if _is_real(instance):
+            _hv(self).stop(instance.uuid)
+        return orig['power_off'](self, instance, timeout, retry_interval)
+
+    def power_on(self, context, instance, *a, **kw):
+        if _is_real(instance):
+            _hv(self).start(instance)
+        return orig['power_on'](self, context, instance, *a, **kw)
+
+    def get_info(self, instance, use_cache=True):
+        if not _is_real(instance):
+            return orig['get_info'](self, instance, use_cache)
+        state = _hv(self).power_state(instance.uuid)
+        if state is None:
+            raise exception.InstanceNotFound(instance_id=instance.uuid)
+        if instance.uuid in self.instances:
+            self.instances[instance.uuid].state = state
+        return hardware.InstanceInfo(state=state)
+
+    def real_extra(self):
+        """Domains on this host's libvirtd the fake bookkeeping lost (the
+        host powered off): nova's init_host must see them, e.g. to destroy
+        the source of an evacuation."""
+        return [u for u in _hv(self).uuids() if u not in self.instances]
+
+    def list_instance_uuids(self):
+        return orig['list_instance_uuids'](self) + real_extra(self)
+
+    def list_instances(self):
+        hv = _hv(self)
+        doms = [hv.domain(u) for u in real_extra(self)]
+        return orig['list_instances'](self) + [d.name() for d in doms if d]
+
+    for name, fn in (('init_host', init_host), ('spawn', spawn),
+                     ('destroy', destroy), ('reboot', reboot),
+                     ('power_off', power_off), ('power_on', power_on),
+                     ('get_info', get_info),
+                     ('list_instances', list_instances),
+                     ('list_instance_uuids', list_instance_uuids)):
+        setattr(F, name, fn)
+
 
 def _driver_volumes(svc):
     """{uuid: [volume id...]} connected to each guest of a compute's
@@ -623,9 +1002,14 @@ def _driver_volumes(svc):
 def _driver_guests(svc):
     """{uuid: power state name} of a compute's FakeDriver (a C-level dict
     copy: safe against compute threads changing it meanwhile)."""
-    instances = dict(svc.manager.driver.instances)
-    return {u: _POWER_STATES.get(getattr(i, 'state', None), 'unknown')
-            for u, i in sorted(instances.items())}
+    driver = svc.manager.driver
+    instances = dict(driver.instances)
+    states = {u: getattr(i, 'state', None) for u, i in instances.items()}
+    hv = _HVS.get(driver._host) if ARGS.libvirt_uri else None
+    if hv is not None:          # real guests: as their libvirtd last said
+        states.update(hv.states)
+    return {u: _POWER_STATES.get(st, 'unknown')
+            for u, st in sorted(states.items())}
 
 
 def make_control(box, info, faults):
@@ -826,10 +1210,19 @@ def main():
                    help="a real cinder's block-storage v3 endpoint (no "
                    "keystone: token admin:admin); default: nova's in-process "
                    "CinderFixture")
+    p.add_argument('--libvirt-uri', default='',
+                   help="real guests: flavors with lab:guest=qemu get a qemu "
+                   "domain on this libvirt URI ({host}: the nova host)")
+    p.add_argument('--guest-kernel', default='',
+                   help='the real guests\' kernel (an ELF vmlinux)')
+    p.add_argument('--guest-initrd', default='')
+    p.add_argument('--guest-cmdline', default='console=ttyS0')
     p.add_argument('--exit-with-pid', type=int, default=0,
                    help='exit (as on SIGTERM) once this process is gone '
                    '(a test runner killed without cleanup leaks no box)')
     args = p.parse_args()
+    if args.libvirt_uri and not (args.guest_kernel and args.guest_initrd):
+        p.error('--libvirt-uri needs --guest-kernel and --guest-initrd')
     args.hosts = [h.strip() for h in args.hosts.split(',') if h.strip()]
     if not args.hosts or len(set(args.hosts)) != len(args.hosts):
         p.error('--hosts: one or more distinct names')

@@ -1,0 +1,78 @@
+"""`crashup evacuate HOST [--to HOST]`: a damaged host that is still partly up, emptied by host recovery.
+
+Never an evacuation while the host may still write to shared disks: crashup does not evacuate anything itself. It
+asks Pacemaker to fence the node (pacemaker.request_fencing: the node's fencing level powers it off through its BMC,
+confirmed, then fence_crashup_nova records the recovery request and forces its nova-compute down), and the recovery
+daemon does the rest on its normal path (fencing proven, stale tasks repaired, the plan, evacuations followed to the
+end, the host held off until done). This command follows the request and says how it ends.
+
+`--to HOST` is the plan's target_host (`crashup plan --target`): it must reach the daemon, so it is written into the
+recovery request (RecoveryRequest.target) before the fencing, which keeps an open request as it is.
+
+The state of an evacuation is the recovery request in the CIB, as for any failed host: nothing more is needed to
+resume it (the daemon resumes it); running this again while it is open is refused (`crashup status` follows it).
+"""
+from __future__ import annotations
+
+import time
+
+from crashup_lib import pacemaker
+from crashup_lib import plan as planning
+from crashup_lib.maintenance.common import Context, Refused, TimedOut, find_host, refuse_bad_target, \
+    refuse_open_recovery
+from crashup_lib.recovery import pipeline
+
+STATE_POLL = 1.0                     # seconds between two reads of the recovery request
+
+
+def evacuate(ctx: Context, name: str, to: str | None = None, dry_run: bool = False, wait: bool = True) -> int:
+    target = find_host(ctx, name)
+    if not target.node:
+        raise Refused(f"{target.host}: no Pacemaker node maps to it: crashup fences only the cluster's nodes "
+                      "(see [pacemaker] host_map)")
+    refuse_open_recovery(ctx, target)
+    refuse_bad_target(ctx, target.host, to)
+    try:
+        the_plan = pipeline.plan_for_host(ctx.nova, target.host, ctx.cfg, target_host=to)
+    except planning.PlanError as e:
+        raise Refused(f"{target.host}: {e}") from None
+    ctx.out(f"evacuate {target.host}: fence node {target.node} through Pacemaker (its level: power off, then nova), "
+            f"then the recovery daemon evacuates it:\n{the_plan.render().rstrip()}")
+    if dry_run:
+        return 0
+    ctx.require_quorum(f"fencing {target.node}")
+    if to:                                        # before the fencing: the daemon's first plan already has it
+        now = time.time()
+        ctx.cluster.write_request(pacemaker.RecoveryRequest(
+            node=target.node, state="pending", mode=ctx.cfg.get("mode", "auto"), fenced_at=now, updated_at=now,
+            host=target.host, note=f"crashup evacuate --to {to}", target=to))
+    ctx.host_event(target, "evacuate", "fence_requested", len(the_plan.steps), f"to {to or '(plan)'}")
+    ctx.out(f"{target.node}: fencing")
+    ctx.cluster.wait_settled()
+    since = time.time()
+    ctx.cluster.request_fencing(target.node)
+    ctx.out(f"{target.node}: fenced; the recovery daemon takes it from here")
+    return _follow(ctx, target, since) if wait else 0
+
+
+def _follow(ctx: Context, target, since: float) -> int:
+    """The request until it is closed (or handed over in notify mode), its notes as progress."""
+    end = ctx.clock() + ctx.timeout
+    seen = None
+    while True:
+        req = ctx.cluster.request(target.node)
+        if req is not None and (req.state, req.note) != seen:
+            seen = (req.state, req.note)
+            ctx.out(f"{target.node}: recovery {req.state}" + (f": {req.note}" if req.note else ""))
+        if req is not None and req.fenced_at >= since - 5:
+            if not req.open:
+                ctx.host_event(target, "evacuate", "finished", 0, f"recovery {req.state}: {req.note}")
+                return 0
+            if req.hold is pacemaker.Hold.NOTIFIED:
+                ctx.out(f"{target.node}: handed to your tooling (notify mode): crashup release {target.node} when "
+                        "its servers are back")
+                return 0
+        if ctx.clock() >= end:
+            raise TimedOut(f"{target.node}: recovery not finished within {ctx.timeout:g}s; it goes on "
+                           "(crashup status)")
+        ctx.sleep(STATE_POLL)
