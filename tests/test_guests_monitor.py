@@ -320,3 +320,34 @@ def test_crashup_guests_lists_the_nodes_guests_with_their_failure_and_policy(mon
     assert cli.main(["--config", "/dev/null", "guests", "--no-nova"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "/nonexistent/sock" in err
+
+
+def test_a_reboot_nova_did_not_take_is_followed_up_even_across_a_restart(tmp_path, rigs, monkeypatch):
+    """nova down when the reboot is asked: the failure is handled (never twice) but its reboot stays pending, in the
+    state file too: the same monitor asks again, and a monitor restarted meanwhile follows it up on its reconcile
+    (nova still says running: its power-state sync lags the crash)."""
+    crashed = FakeDomain(UUID, "instance-00000001", lv.VIR_DOMAIN_CRASHED, lv.VIR_DOMAIN_CRASHED_PANICKED, 7)
+    client = GuestNova(server("reboot"))
+    client.failures["reboot"] = nova.NovaUnavailable("reboot", UUID, "no answer within 30s")
+    r = rig(rigs, tmp_path, client, crashed)                     # the first reconcile finds it
+    assert client.reboots == [] and len(r.monitor.following) == 1
+    assert json.loads((tmp_path / "guests.json").read_text())["handled"][UUID]["pending"] is True
+    r.close()
+    del client.failures["reboot"]
+    again = rig(rigs, tmp_path, client, crashed)                 # restarted: same state file, same crashed qemu
+    assert client.reboots == [(UUID, True)]
+    assert again.journal.events == []                            # acted on, not announced twice
+    assert json.loads((tmp_path / "guests.json").read_text())["handled"][UUID]["pending"] is False
+
+
+def test_a_followed_up_reboot_leaves_a_server_that_moved_or_a_drain_stopped(tmp_path, rigs, monkeypatch):
+    monkeypatch.setattr(gm, "FOLLOW_PAUSE", 0.05)
+    client = GuestNova(server("reboot"))
+    client.failures["reboot"] = nova.NovaUnavailable("reboot", UUID, "no answer within 30s")
+    r = rig(rigs, tmp_path, client)
+    r.fire("lifecycle", lv.EVENT_CRASHED, lv.CRASHED_PANICKED)
+    del client.failures["reboot"]
+    client._update(UUID, vm_state="stopped", status="SHUTOFF", power_state=4,
+                   metadata={gm.DRAIN_STOPPED: "compute1"})          # crashup drain stopped it meanwhile
+    assert wait_for(lambda: (r.monitor.step(0.05), not r.monitor.following)[1], 3)
+    assert client.reboots == [] and client.starts == []

@@ -35,6 +35,7 @@ FOLLOW_PAUSE = 1.0           # seconds between looks at a server nova was busy w
 FOLLOW_FOR = 120.0           # ... for that long at most
 EMITTER_CLOSE = 5.0
 URI = re.compile(r"[a-z][a-z0-9+]*://[^\s]*")
+DRAIN_STOPPED = "crashup:drain_stopped"     # crashup drain's mark on a server it stopped (maintenance/drain.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Monitor:
         self._nova = None
         self._nova_lock = threading.Lock()
         self.emitter = emitter
+        self.beat = lambda: None    # run()'s heartbeat, also beaten between two failures (each a few nova calls)
 
     # -- the libvirt threads: queue only ----------------------------------------------------------------------------
     def _on_event(self, event: lv.GuestEvent) -> None:
@@ -95,6 +97,7 @@ class Monitor:
     def run(self, beat=lambda: None) -> None:
         LOG.info("guest monitor started on %s (%s, default policy %s, at most %d reboots in %gs)", self.host,
                  self.uri, self.cfg.guest_failure_policy, self.cfg.guest_max_reboots, self.cfg.guest_reboot_window)
+        self.beat = beat
         threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         self.watch.start()
         try:
@@ -136,14 +139,20 @@ class Monitor:
     def _reconcile(self, domains: list[lv.DomainState], at: float) -> None:
         LOG.info("libvirt %s: %d domains; reconciling their states", self.uri, len(domains))
         for d in domains:
+            self.beat()
             done = self.state.handled.get(d.uuid)
             if kinds.is_running(d.state):
                 if done is not None and done.domain_id != d.domain_id:      # a new qemu since: it ran again
                     self._ran_again(d.uuid)
                 continue
             failure = kinds.from_state(d.state, d.reason)
-            if failure is not None:
-                self.examine(Seen(d.uuid, d.name, failure, d.domain_id, "reconcile", at))
+            if failure is None:
+                continue
+            seen = Seen(d.uuid, d.name, failure, d.domain_id, "reconcile", at)
+            if done is not None and done.pending:      # a reboot nova never took (a restart since): follow it up
+                self._follow(seen, d.name, time.monotonic() + FOLLOW_FOR)
+            else:
+                self.examine(seen)
         self.state.prune(self.clock(), self.cfg.guest_reboot_window, {d.uuid for d in domains})
         self._save()
 
@@ -151,6 +160,7 @@ class Monitor:
         """The guest runs again: its last failure is over; started by someone after crashup left it down, its
         crash-loop counter starts afresh."""
         changed = self.state.handled.pop(uuid, None) is not None
+        self.following = [f for f in self.following if f[2].uuid != uuid]     # nothing left to follow up
         if uuid in self.state.left_down:
             self.state.left_down.discard(uuid)
             self.state.reboots.pop(uuid, None)
@@ -163,10 +173,12 @@ class Monitor:
         due = [seen for when, seen in self.later if when <= now]
         self.later = [(when, seen) for when, seen in self.later if when > now]
         for seen in due:
+            self.beat()
             self.examine(seen)
         follow = [f for f in self.following if f[0] <= now]
         self.following = [f for f in self.following if f[0] > now]
         for _, give_up, seen, name in follow:
+            self.beat()
             self._follow(seen, name, give_up)
 
     # -- one failure ---------------------------------------------------------------------------------------------
@@ -194,7 +206,9 @@ class Monitor:
         recent = self.state.recent_reboots(seen.uuid, now, window)
         decision = decide(seen.failure, chosen.policy, server, Node(self.host, forced_down), recent, limit)
         # recorded before acting: a monitor killed in between does not act twice (nova's own state tells the rest)
-        self.state.handled[seen.uuid] = state.Handled(seen.failure.kind.value, seen.domain_id, now)
+        if not seen.failure.running_on:
+            self.state.handled[seen.uuid] = state.Handled(seen.failure.kind.value, seen.domain_id, now,
+                                                          pending=decision.action is Action.REBOOT)
         if decision.action is Action.REBOOT:
             self.state.reboots.setdefault(seen.uuid, []).append(now)
             recent += 1
@@ -249,28 +263,61 @@ class Monitor:
         except nova.NovaConflict as e:
             LOG.info("%s (%s): nova is busy with it (%s): the reboot waits for its task", seen.uuid, name, e)
             self._follow_later(seen, name, give_up, str(e))
-        except nova.NovaError as e:
+        except nova.NovaNotFound:
+            LOG.info("%s (%s): deleted meanwhile", seen.uuid, name)
+            self._taken(seen)
+        except nova.NovaBadRequest as e:             # a refusal for good: asking again gets the same answer
             LOG.error("%s (%s): the HARD reboot failed: %s", seen.uuid, name, e)
+            self._taken(seen)
+        except nova.NovaError as e:                  # down, or an answer that may hide an accepted reboot: look
+            LOG.warning("%s (%s): the HARD reboot was not taken (%s): looking again", seen.uuid, name, e)
+            self._follow_later(seen, name, give_up, str(e))
+        else:
+            self._taken(seen)
+
+    def _pending(self, uuid: str) -> bool:
+        done = self.state.handled.get(uuid)
+        return done is not None and done.pending
+
+    def _taken(self, seen: Seen) -> None:
+        """nova took the action (or there is nothing left to act on): a restart no longer follows it up."""
+        done = self.state.handled.get(seen.uuid)
+        if done is not None and done.pending:
+            done.pending = False
+            self._save()
 
     def _follow(self, seen: Seen, name: str, give_up: float) -> None:
         """The reboot of a failed guest that nova was busy with: once nova's task ended, a server nova stopped
         (after the failure: its power-state sync) is started, an active one not running is rebooted, a running
         one is left as it is."""
         try:
-            server = self.nova().server(seen.uuid)
+            client = self.nova()
+            server = client.server(seen.uuid)
             if server.task_state:
                 self._follow_later(seen, name, give_up, f"task {server.task_state}")
+                return
+            # what decide() asked before the first try holds still: on this host, the host not being recovered,
+            # not stopped on purpose by crashup's drain
+            gone = server.host != self.host and f"nova places it on {server.host or 'no host'}" or \
+                self._forced_down(client) and f"nova-compute on {self.host} forced down" or \
+                server.metadata.get(DRAIN_STOPPED) and "stopped by crashup drain"
+            if gone:
+                LOG.info("%s (%s): not rebooted: %s", seen.uuid, name, gone)
+                self._taken(seen)
             elif server.vm_state == "stopped":
                 LOG.warning("%s (%s): nova stopped it after its failure: starting it (policy reboot)", seen.uuid,
                             name)
-                self.nova().start(seen.uuid)
-            elif server.vm_state == "active" and server.power_state != 1:
-                self._reboot(seen, name, give_up)
+                client.start(seen.uuid)
+                self._taken(seen)
+            elif server.vm_state == "active" and (server.power_state != 1 or self._pending(seen.uuid)):
+                self._reboot(seen, name, give_up)      # pending: no fresh start seen since (nova's view may lag)
             else:
                 LOG.info("%s (%s): left as nova has it now (%s, power state %s)", seen.uuid, name, server.vm_state,
                          server.power_state)
+                self._taken(seen)
         except nova.NovaNotFound:
             LOG.info("%s (%s): deleted meanwhile", seen.uuid, name)
+            self._taken(seen)
         except nova.NovaConflict as e:
             self._follow_later(seen, name, give_up, str(e))
         except Exception as e:                      # noqa: BLE001 - nova unreachable: look again

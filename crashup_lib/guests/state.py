@@ -1,6 +1,8 @@
 """What the guest monitor remembers across restarts, in one small JSON file (guest_state_file):
   handled    uuid -> the failure already acted on (kind, the qemu's domain id, when): a restarted monitor that finds
-             the same crashed guest while reconciling does not act twice; forgotten once the guest runs again
+             the same crashed guest while reconciling does not act twice; forgotten once the guest runs again.
+             `pending`: a reboot decided that nova has not accepted yet (it was down, or busy): a restarted monitor
+             follows it up instead of leaving the guest down
   reboots    uuid -> when crashup rebooted it (time.time()), pruned to the window: the crash-loop counter
   left_down  uuids crashup left stopped: the operator starting one again starts its counter afresh
 Written whole to a temporary file and renamed over the old one (a crash mid-write leaves the old file). A missing,
@@ -24,6 +26,7 @@ class Handled:
     kind: str
     domain_id: int
     at: float
+    pending: bool = False
 
 
 @dataclasses.dataclass
@@ -55,7 +58,8 @@ def load(path: str) -> tuple[State, str | None]:
         return State(), None
     try:
         doc = json.loads(files.read_text(path, MAX_FILE))
-        return State(handled={str(u): Handled(str(h["kind"]), int(h["domain_id"]), float(h["at"]))
+        return State(handled={str(u): Handled(str(h["kind"]), int(h["domain_id"]), float(h["at"]),
+                                              bool(h.get("pending", False)))
                               for u, h in doc.get("handled", {}).items()},
                      reboots={str(u): [float(t) for t in ts] for u, ts in doc.get("reboots", {}).items()},
                      left_down={str(u) for u in doc.get("left_down", ())}), None
