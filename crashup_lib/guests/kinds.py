@@ -27,6 +27,13 @@ class Failure:
     kind: Kind
     detail: str                  # one line: what libvirt said
     self_healed: bool = False    # the hypervisor already reset the guest (watchdog action reset)
+    # the guest goes on in the same qemu (a watchdog whose action does not stop nor pause it): no state is left for
+    # a reconcile to find and no later event ends it, so it is not kept as handled: the next failure is a new one
+    running_on: bool = False
+
+
+#: watchdog actions after which the guest runs on in the same qemu
+RUNNING_ON = ("none", "reset", "debug", "inject-nmi")
 
 
 def _name(table: tuple[str, ...], code: int) -> str:
@@ -37,7 +44,8 @@ def from_event(event: lv.GuestEvent) -> Failure | None:
     """The failure a libvirt event reports, or None."""
     if event.event_id == lv.EVENT_WATCHDOG:
         action = _name(lv.WATCHDOG_ACTIONS, event.code)
-        return Failure(Kind.WATCHDOG, f"watchdog fired (action {action})", self_healed=action == "reset")
+        return Failure(Kind.WATCHDOG, f"watchdog fired (action {action})", self_healed=action == "reset",
+                       running_on=action in RUNNING_ON)
     if event.event_id == lv.EVENT_IO_ERROR_REASON:
         return Failure(Kind.IO_ERROR, f"I/O error ({event.reason or 'no reason'}; action "
                                       f"{_name(lv.IO_ERROR_ACTIONS, event.code)})")
