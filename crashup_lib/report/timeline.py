@@ -6,8 +6,8 @@ A recovery, in the journal, is what the recovery pipeline emits for one host (re
   instance.evacuated / instance.evacuation_failed            one per server (evacuated: duration_s back from
                                                              its time is the evacuate call)
   host.recovered   the end (auto mode; notify mode ends with `crashup release`, which emits nothing)
-A resumed recovery (a daemon restarted mid-way) emits host.failed again with the same fencing time: the same
-recovery. A host.failed with another fencing time starts a new one. An event this reading cannot use (a field
+host.failed is emitted once per request, but at least once: a daemon stopped between it and saving its plan
+says it again, with the same fencing time: the same recovery. A host.failed with another fencing time starts a new one. An event this reading cannot use (a field
 absent or of the wrong kind) is counted in `skipped`, never fatal.
 """
 from __future__ import annotations
