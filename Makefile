@@ -25,7 +25,7 @@ DEBS := pacemaker pacemaker-cli-utils pcs corosync resource-agents fence-agents 
         libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 busybox-static cpio tini
 
 .PHONY: all deps venv nova-venv schemas-venv test unit lab-test demo install uninstall bench bench-recovery bench-rejoin \
-        bench-sweep bench-bus bench-doctor bench-controllers lab-up lab-down lab-status clean
+        bench-sweep bench-bus bench-doctor bench-controllers bench-guests lab-up lab-down lab-status clean
 
 all: venv
 
@@ -97,6 +97,11 @@ bench-doctor: deps venv nova-venv
 # (root, ~8 min)
 bench-controllers: deps venv nova-venv
 	$(PY) bench/controllers.py
+
+# guest failures (issue 16): watchdog, panic, killed qemu under policy reboot, libvirt's report -> journal, bus,
+# guest running again; BENCH_ROUNDS (default 5) rounds with real qemu guests (root, under the lab lock, ~4 min)
+bench-guests: deps venv nova-venv
+	$(PY) bench/guests.py
 
 bench-sweep: deps venv schemas-venv
 	$(PY) bench/sweep.py

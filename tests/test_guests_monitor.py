@@ -351,3 +351,11 @@ def test_a_followed_up_reboot_leaves_a_server_that_moved_or_a_drain_stopped(tmp_
                    metadata={gm.DRAIN_STOPPED: "compute1"})          # crashup drain stopped it meanwhile
     assert wait_for(lambda: (r.monitor.step(0.05), not r.monitor.following)[1], 3)
     assert client.reboots == [] and client.starts == []
+
+
+def test_a_watchdog_the_guest_runs_on_after_is_not_kept_so_a_later_panic_is_a_new_failure(tmp_path, rigs):
+    client = GuestNova(server("notify"))
+    r = rig(rigs, tmp_path, client)
+    r.fire("watchdog", 0)                                        # action none: the guest runs on in the same qemu
+    r.fire("lifecycle", lv.EVENT_CRASHED, lv.CRASHED_PANICKED)   # then panics: same domain id, a new failure
+    assert [e["payload"]["kind"] for e in r.journal.events] == ["watchdog", "panic"]
