@@ -5,8 +5,8 @@ No VM may run twice: while the host's recovery request is open, its guests are b
 nova-compute stays down. Once the request is closed, nova enforces an order (notes/nova.md): nova-compute starts
 first (its start-up destroys the evacuated guests and marks their migrations completed), and only then may
 forced-down be cleared (nova answers 400 before that: asked again every NOVA_POLL); then the service is enabled, if
-crashup disabled it. Only crashup's own marks are undone: forced-down without a crashup request, or a service an
-operator disabled, stay.
+crashup disabled it. Only crashup's own marks are undone: forced-down without a crashup request, a service an
+operator disabled, or one `crashup drain` disabled (DRAIN_REASON: the maintenance ends with `crashup undrain`), stay.
 
 The OpenStack clients are never imported here: the caller passes `connect`, which builds the nova client when it is
 first needed (after nova-compute was started on a fenced host, so they load while it boots).
@@ -27,6 +27,9 @@ from crashup_lib.pacemaker import RecoveryRequest
 
 #: disabled_reason prefix of services crashup disabled (and may enable again)
 DISABLED_BY = "crashup"
+#: the disabled reason of `crashup drain` (crashup_lib.maintenance): the operator's maintenance, which only
+#: `crashup undrain` ends; a (re)start of nova-compute during the maintenance leaves it disabled
+DRAIN_REASON = "crashup drain"
 
 REQUEST_POLL = 1.0              # seconds between reads of the recovery request while it is open
 #: longest a start waits for an open recovery: the clone's location rule on crashup-recovery-state normally keeps
@@ -71,6 +74,8 @@ def next_step(service, request, heartbeat_before: str | None) -> tuple[Step, str
         return CLEAR_FORCED_DOWN, "forced down by the fencing of this node, whose recovery is finished"
     if service.state != "up" or (heartbeat_before is not None and service.updated_at == heartbeat_before):
         return WAIT, "no fresh heartbeat from nova-compute yet"
+    if service.status == "disabled" and service.disabled_reason == DRAIN_REASON:
+        return UP, f"heartbeat fresh; left disabled ({DRAIN_REASON}: crashup undrain enables it)"
     if service.status == "disabled" and (service.disabled_reason or "").startswith(DISABLED_BY):
         return ENABLE, f"disabled by crashup ({service.disabled_reason})"
     return UP, "heartbeat fresh" + ("" if service.status == "enabled" else

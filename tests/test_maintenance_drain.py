@@ -247,14 +247,77 @@ def test_undrain_refuses_a_host_disabled_by_someone_else():
     assert fake.calls == []
 
 
-def test_cli_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
-    fake = world()
+def cli_over(fake, monkeypatch, tmp_path):
+    """The crashup command over `fake` and a FakeCluster: the path of its crashup.conf."""
     monkeypatch.setattr(nova.Nova, "from_config", classmethod(lambda cls, cfg: fake))
     monkeypatch.setattr(pacemaker, "Cluster", FakeCluster)
     conf = tmp_path / "crashup.conf"
     conf.write_text(f"[events]\njournal = {tmp_path / 'events.jsonl'}\n")
+    return conf
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    fake = world()
+    conf = cli_over(fake, monkeypatch, tmp_path)
     assert cli.main(["--config", str(conf), "drain", "compute9"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("crashup: unknown host 'compute9'") and err.count("\n") == 1
     assert cli.main(["--config", str(conf), "drain", "compute1", "--dry-run"]) == 0
+    assert fake.calls == []
+
+
+# --- review fixes (issue 18) ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fail, says", [
+    (lambda f, c: f.forced.add("compute1"), "forced down"),
+    (lambda f, c: c.write_request(pacemaker.RecoveryRequest("compute1", "recovering", "auto", time.time(),
+                                                            time.time())), "its recovery is open"),
+    (lambda f, c: setattr(c, "has_quorum", False), "no quorum"),
+])
+def test_a_drain_stops_when_the_host_starts_failing_between_two_servers(fail, says, monkeypatch):
+    """Between two servers the drain re-reads the host: one that fails meanwhile (fenced, its recovery open) or a
+    partition cut off stops it, exit 1 (things were changed) with one line saying what was done."""
+    fake, cluster = MaintenanceNova([server("a1", host="compute1"), server("a2", host="compute1")]), FakeCluster()
+    live = fake.live_migrate
+
+    def live_then_fail(sid, target_host=None):
+        live(sid, target_host)
+        fail(fake, cluster)
+    monkeypatch.setattr(fake, "live_migrate", live_then_fail)
+    ctx = context(fake, cluster)
+    with pytest.raises(common.Halted) as e:
+        drain.drain(ctx, "compute1")
+    assert says in str(e.value) and "stopped after: compute1 disabled ('crashup drain'), 1 of 2 servers handled" \
+        in str(e.value) and "\n" not in str(e.value)
+    assert [c for c in fake.calls if c[0] == "live_migrate"] == [("live_migrate", "a1")]
+    assert fake.server("a2").host == "compute1"
+
+
+def test_cli_a_drain_halted_midway_exits_1_not_2(monkeypatch, capsys, tmp_path):
+    fake = MaintenanceNova([server("a1", host="compute1"), server("a2", host="compute1")])
+    live = fake.live_migrate
+    monkeypatch.setattr(fake, "live_migrate", lambda sid, target_host=None: live(sid) or fake.forced.add("compute1"))
+    conf = cli_over(fake, monkeypatch, tmp_path)
+    assert cli.main(["--config", str(conf), "drain", "compute1"]) == 1
+    err = capsys.readouterr().err
+    assert "forced down" in err and "1 of 2 servers handled" in err and err.count("\n") == 1
+
+
+def test_a_paused_server_is_never_marked_or_stopped():
+    """nova stops only ACTIVE (and ERROR) servers and cold-migrates no PAUSED one: a paused server whose live
+    migration fails is reported failed, unmarked and untouched, and the drain is incomplete (exit 1)."""
+    fake = MaintenanceNova([server("p1", host="compute1", status="PAUSED", metadata={"fake:no_live": "1"})])
+    ctx = context(fake, drain_policy="stop")
+    assert drain.drain(ctx, "compute1") == 1
+    p1 = fake.server("p1")
+    assert (p1.status, STOPPED_KEY in p1.metadata) == ("PAUSED", False)
+    assert fake.stops == [] and ("set_metadata", "p1") not in fake.calls and ("migrate", "p1") not in fake.calls
+    assert any("it is PAUSED: nova neither stops nor cold-migrates it" in line for line in ctx.lines)
+
+
+@pytest.mark.parametrize("override", ["stop", "cold-migrate"])
+def test_a_paused_server_asking_for_stop_or_cold_migration_is_refused_up_front(override):
+    fake = MaintenanceNova([server("p1", host="compute1", status="PAUSED", metadata={"crashup:drain": override})])
+    with pytest.raises(common.Refused, match=f"is PAUSED with metadata crashup:drain = {override}"):
+        drain.drain(context(fake), "compute1")
     assert fake.calls == []

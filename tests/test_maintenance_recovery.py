@@ -1,5 +1,6 @@
 """crashup evacuate (fence through Pacemaker, the daemon evacuates) and crashup restore (evacuate off a dead host if
 needed, then rebuild from a backup image): decisions and runs against the fakes."""
+import dataclasses
 import re
 import time
 
@@ -104,9 +105,10 @@ def test_restore_decides_or_refuses(setup, req, in_place, evacuate, refused):
     s1 = fake.server("s1")
     if refused:
         with pytest.raises(common.Refused, match=refused):
-            restore.decide(s1, svc(fake, "compute1"), req, in_place, "img-backup")
+            restore.decide(s1, svc(fake, "compute1"), req, in_place, "img-backup", fenced=True, online=False)
     else:
-        assert restore.decide(s1, svc(fake, "compute1"), req, in_place, "img-backup").evacuate is evacuate
+        assert restore.decide(s1, svc(fake, "compute1"), req, in_place, "img-backup", fenced=True,
+                              online=False).evacuate is evacuate
 
 
 def test_restore_evacuates_off_a_fenced_host_then_rebuilds_keeping_the_server():
@@ -156,3 +158,125 @@ def test_the_daemon_evacuates_to_the_target_the_request_carries():
     progress = Recovery(context(fake).cfg, cluster, fake, Events()).recover(req)
     assert not progress.request.open
     assert sorted((sid, to) for sid, to, _ in fake.evacuations) == [("s1", "compute3"), ("s2", "compute3")]
+
+
+# --- review fixes (issue 18) ---------------------------------------------------------------------------------------
+
+class LoggingCluster(FencingCluster):
+    """Logs request writes in `refenced` too (between "settled" and the fencing); `online`: nodes Pacemaker has
+    online; `fence_fails`: what request_fencing raises."""
+    online: tuple = ()
+    fence_fails: BaseException | None = None
+
+    def write_request(self, req):
+        self.refenced.append(f"write {req.state}")
+        super().write_request(req)
+
+    def request_fencing(self, node):
+        if self.fence_fails is not None:
+            self.refenced.append(f"failed {node}")
+            raise self.fence_fails
+        super().request_fencing(node)
+
+    def nodes(self):
+        return [pacemaker.Node(n, "remote", n in self.online, False) for n in self.remote_nodes]
+
+
+def test_evacuate_to_lets_the_transition_of_its_request_finish_before_the_fencing():
+    fake, cluster = MaintenanceNova([server("s1", host="compute1")]), LoggingCluster()
+    assert evacuate_host.evacuate(context(fake, cluster), "compute1", "compute3", wait=False) == 0
+    assert cluster.refenced == ["write pending", "settled", "compute1"]
+
+
+@pytest.mark.parametrize("at, failure", [
+    ("request_fencing", pacemaker.PacemakerError("stonith_admin --reboot compute1: timed out")),
+    ("request_fencing", KeyboardInterrupt()),
+    ("wait_settled", KeyboardInterrupt()),             # Ctrl-C while the DC settles (up to 30 s)
+])
+def test_evacuate_to_whose_fencing_fails_or_is_interrupted_withdraws_its_request(at, failure, monkeypatch):
+    """A pending request left behind would hold nova-compute off and get the node fenced later by the daemon:
+    written back released; the fencing's own error goes on (one line, exit 1; Ctrl-C: 130)."""
+    fake, cluster = MaintenanceNova([server("s1", host="compute1")]), LoggingCluster()
+    cluster.fenced = False
+    if at == "request_fencing":
+        cluster.fence_fails = failure
+    else:
+        monkeypatch.setattr(cluster, at, lambda *a, **kw: (_ for _ in ()).throw(failure))
+    with pytest.raises(type(failure)):
+        evacuate_host.evacuate(context(fake, cluster), "compute1", "compute3")
+    req = cluster.saved["compute1"]
+    assert (req.state, req.open) == ("released", False) and "withdrawn" in req.note
+    assert cluster.refenced[0] == "write pending" and cluster.refenced[-1] == "write released"
+    assert "compute1" not in cluster.refenced
+
+
+def test_a_failed_fencing_that_happened_after_all_keeps_its_request():
+    fake, cluster = MaintenanceNova([server("s1", host="compute1")]), LoggingCluster()
+    cluster.fence_fails = pacemaker.PacemakerError("stonith_admin: timed out")       # cluster.fenced: it happened
+    with pytest.raises(pacemaker.PacemakerError):
+        evacuate_host.evacuate(context(fake, cluster), "compute1", "compute3")
+    assert cluster.saved["compute1"].state == "pending"
+
+
+def _dead(fake, cluster, req):
+    fake.forced.add("compute1")
+    cluster.saved["compute1"] = req
+    return context(fake, cluster)
+
+
+@pytest.mark.parametrize("setup, says", [
+    (lambda c, f: setattr(c, "fenced", False), "no fencing of node compute1 confirmed since its recovery request"),
+    (lambda c, f: setattr(c, "online", ("compute1",)), "node compute1 is online in Pacemaker and its recovery is "
+                                                       "closed"),
+])
+def test_restore_refuses_an_old_request_as_proof_of_fencing(setup, says):
+    """A 90-day-old `done` request and a forced-down service prove nothing by themselves: nothing is changed."""
+    fake, cluster = MaintenanceNova([server("s1", host="compute1")]), LoggingCluster()
+    old = time.time() - 90 * 86400
+    ctx = _dead(fake, cluster, RecoveryRequest("compute1", "done", "auto", old, old + 600, host="compute1"))
+    setup(cluster, fake)
+    with pytest.raises(common.Refused, match=re.escape(says)):
+        restore.restore(ctx, "s1", "img-backup", to="compute3")
+    assert fake.calls == [] and fake.evacuations == []
+
+
+def test_restore_refuses_a_request_older_than_the_services_last_change():
+    """The host came back after that recovery (the rejoin cleared forced-down: the record changed after the request
+    closed) and was forced down again since: the request is not the current one."""
+    fake = MaintenanceNova([server("s1", host="compute1")])
+    closed = time.time() - 3600
+    req = RecoveryRequest("compute1", "done", "auto", closed - 600, closed, host="compute1")
+    later = dataclasses.replace(fake.service("compute1"), forced_down=True, state="down",
+                                updated_at=time.strftime("%Y-%m-%dT%H:%M:%S.000000", time.gmtime(closed + 60)))
+    with pytest.raises(common.Refused, match="changed after its recovery request closed"):
+        restore.decide(fake.server("s1"), later, req, False, "img-backup", fenced=True, online=False)
+    same = dataclasses.replace(later, updated_at=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(closed - 300)))
+    assert restore.decide(fake.server("s1"), same, req, False, "img-backup", fenced=True, online=False).evacuate
+
+
+def test_restore_takes_an_open_handed_over_request_of_a_node_back_from_its_reboot():
+    """notify mode: fencing rebooted the node (online again), the hold rule keeps its nova-compute off."""
+    fake = MaintenanceNova([server("s1", host="compute1")])
+    fake.forced.add("compute1")
+    handed = request("recovering", Hold.NOTIFIED)
+    assert restore.decide(fake.server("s1"), fake.service("compute1"), handed, False, "img-backup", fenced=True,
+                          online=True).evacuate
+
+
+@pytest.mark.parametrize("lose_at, evacuated", [("set_metadata", False), ("evacuate", True)])
+def test_restore_checks_quorum_right_before_it_evacuates_and_rebuilds(lose_at, evacuated, monkeypatch):
+    """Cut off from the majority after the first check: no evacuation (or no rebuild), exit 1 with what was done."""
+    fake, cluster = MaintenanceNova([server("s1", host="compute1")]), LoggingCluster()
+    ctx = _dead(fake, cluster, request("done"))
+    original = getattr(fake, lose_at)
+
+    def then_lose_quorum(*a, **kw):
+        result = original(*a, **kw)
+        cluster.has_quorum = False
+        return result
+    monkeypatch.setattr(fake, lose_at, then_lose_quorum)
+    with pytest.raises(common.Halted, match="no quorum") as e:
+        restore.restore(ctx, "s1", "img-backup", to="compute3")
+    assert bool(fake.evacuations) is evacuated and ("rebuild", "s1") not in fake.calls
+    assert "stopped after: s1 marked crashup:restore" in str(e.value)
+    assert ("evacuated to compute3" in str(e.value)) is evacuated

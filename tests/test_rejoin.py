@@ -390,6 +390,19 @@ def test_a_service_an_operator_disabled_stays_disabled():
     assert ("enable", NODE) not in world.calls
 
 
+
+@pytest.mark.parametrize("requests", [[None], [request()]])
+def test_a_drained_host_stays_disabled_when_nova_compute_starts(requests):
+    """`crashup drain` disabled it for the operator's maintenance (the host rebooted meanwhile): only `crashup
+    undrain` enables it, never the agent's start, fenced before or not."""
+    drained = Service("1", NODE, "nova-compute", "up", "disabled", False, rejoin.DRAIN_REASON, "beat@1")
+    assert rejoin.next_step(drained, None, None) == (
+        rejoin.UP, "heartbeat fresh; left disabled (crashup drain: crashup undrain enables it)")
+    world = World(requests=requests, fenced=requests != [None], status="disabled", reason=rejoin.DRAIN_REASON,
+                  boot=0.0, cleanup=0.0)
+    assert world.rejoin().run().endswith("left disabled (crashup drain: crashup undrain enables it)")
+    assert ("enable", NODE) not in world.calls
+
 # --- host names -------------------------------------------------------------------------------------------------------
 
 def test_the_host_is_found_in_novas_list_and_the_local_service_built_for_it():

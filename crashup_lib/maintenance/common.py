@@ -2,7 +2,8 @@
 following a server until it settles.
 
 A verb checks everything it can before it changes anything; what is unsafe or wrong is `Refused` (one line, exit 2)
-and nothing has been changed. Failures once acting are the adapters' own errors (one line, exit 1); every verb is
+and nothing has been changed; what is found unsafe once it acts (checks re-run between steps) is `Halted` (one line
+saying what was done, exit 1). Failures once acting are the adapters' own errors (one line, exit 1); every verb is
 safe to run again and resumes from what nova and the CIB say.
 """
 from __future__ import annotations
@@ -20,6 +21,19 @@ POLL = 0.5                      # seconds between two reads of a server being fo
 
 class Refused(ValueError):
     """Unsafe or bad input, found before anything was changed: one line for the operator, exit 2."""
+
+
+class Halted(RuntimeError):
+    """A refusal found once the verb had changed things (quorum lost, the host failing): one line saying what was
+    done so far, exit 1 (exit 2 promises nothing changed). Run again, the verb resumes."""
+
+
+def halt_unless(check: Callable[[], None], done: str) -> None:
+    """A refusal check run mid-way: its Refused becomes Halted, with what was `done` so far."""
+    try:
+        check()
+    except Refused as e:
+        raise Halted(f"{e}; stopped after: {done}") from None
 
 
 class TimedOut(RuntimeError):
@@ -153,5 +167,5 @@ def warn(line: str) -> None:
     print(f"crashup: warning: {line}", file=sys.stderr, flush=True)
 
 
-__all__ = ["Refused", "TimedOut", "Context", "Target", "find_host", "refuse_open_recovery", "refuse_down",
+__all__ = ["Refused", "Halted", "halt_unless", "TimedOut", "Context", "Target", "find_host", "refuse_open_recovery", "refuse_down",
            "usable_targets", "refuse_bad_target", "follow", "warn"]

@@ -4,8 +4,12 @@ drain: the host's nova-compute is disabled with crashup's reason (DRAIN_REASON: 
 each server on it, one at a time: live-migrated when running (ACTIVE, PAUSED); a server that cannot (nova refuses,
 or the migration fails and it stays) and a stopped one get the policy (`[maintenance] drain_policy`, or its own
 metadata `crashup:drain` = live | cold-migrate | stop): cold-migrated (resize confirmed) or stopped where it is.
-Before a running server is stopped it is marked with metadata `crashup:drain_stopped` = HOST; undrain enables the
-service and starts exactly the servers marked so that are still on the host, then removes the mark.
+A PAUSED server is live-migrated only: nova neither stops nor cold-migrates one (compute API stop: vm_state ACTIVE
+or ERROR; resize: ACTIVE or STOPPED), so one whose metadata asks for cold-migrate or stop is refused up front, and
+one whose live migration fails is reported failed (unpause it, run the drain again). Before an ACTIVE server is
+stopped it is marked with metadata `crashup:drain_stopped` = HOST; undrain enables the service and starts exactly
+the servers marked so that are still on the host, then removes the mark. Between two servers the drain re-checks
+quorum and the host (up, not forced down, no recovery open): a refusal then stops it (exit 1, what was done said).
 
 Where the drain's state lives, and why: in nova itself. The host's "being drained" is its service's disabled
 reason (nova shows it to every operator, `openstack compute service list --long`); "was running before the drain"
@@ -22,10 +26,10 @@ import dataclasses
 import enum
 
 from crashup_lib import nova as nova_api
-from crashup_lib.maintenance.common import Context, Refused, Target, TimedOut, find_host, follow, \
+from crashup_lib.maintenance.common import Context, Refused, Target, TimedOut, find_host, follow, halt_unless, \
     refuse_down, refuse_open_recovery, usable_targets
+from crashup_lib.rejoin import DRAIN_REASON     # the disabled reason: rejoin's next_step never re-enables it
 
-DRAIN_REASON = "crashup drain"          # the disabled reason crashup writes, and recognises as its own
 POLICY_KEY = "crashup:drain"            # per-server override of the policy
 STOPPED_KEY = "crashup:drain_stopped"   # = the host: running before the drain, stopped by it; undrain starts it
 POLICIES = ("live", "cold-migrate", "stop")
@@ -93,6 +97,9 @@ def refusals(servers, host: str, ours: bool) -> list[str]:
             found.append(f"server {label} is in a task ({s.task_state})")
         elif s.status == "VERIFY_RESIZE" and not ours:
             found.append(f"server {label} awaits a resize confirmation (someone else's resize)")
+        elif s.status == "PAUSED" and not s.task_state and _override(s) in ("cold-migrate", "stop"):
+            found.append(f"server {label} is PAUSED with metadata {POLICY_KEY} = {_override(s)}: nova neither stops "
+                         "nor cold-migrates a paused server: unpause it first")
         elif s.status == "ERROR" or s.vm_state == "error":
             found.append(f"server {label} is in ERROR: repair or delete it first")
         elif not s.task_state and s.status not in (*RUNNING, "SHUTOFF", "VERIFY_RESIZE"):
@@ -142,13 +149,15 @@ def drain(ctx: Context, name: str, dry_run: bool = False) -> int:
         ctx.nova.disable(target.host, DRAIN_REASON)
         ctx.host_event(target, "drain", "disabled", len(servers), f"policy {policy}")
         ctx.out(f"{target.host}: nova-compute disabled ({DRAIN_REASON!r})")
-    failed = 0
+    failed = done = 0
+    todo = sum(s.action is not Action.STAY for s in steps)
     for step in steps:
         if step.action is Action.STAY:
             continue
-        if not ctx.cluster.quorate():               # cut off meanwhile: stop before the next action
-            ctx.require_quorum(f"draining {target.host}")
+        halt_unless(lambda: _still_drainable(ctx, target.host),      # cut off, or the host failing, meanwhile
+                    f"{target.host} disabled ({DRAIN_REASON!r}), {done} of {todo} servers handled")
         failed += not _run_step(ctx, target.host, step, policy)
+        done += 1
     left = [s for s in ctx.nova.servers_on_host(target.host) if s.status != "SHUTOFF"]
     detail = f"{failed} failed" + (f"; still running there: {', '.join(s.name for s in left)}" if left else "")
     ctx.host_event(target, "drain", "finished", len(steps), detail)
@@ -158,6 +167,14 @@ def drain(ctx: Context, name: str, dry_run: bool = False) -> int:
     ctx.out(f"{target.host}: drained: nothing runs there any more (crashup undrain {target.host} enables it and "
             "starts the servers the drain stopped)")
     return 0
+
+
+def _still_drainable(ctx: Context, host: str) -> None:
+    """Before each server: quorum, and the host still healthy and not taken by a recovery (read afresh)."""
+    ctx.require_quorum(f"draining {host}")
+    fresh = find_host(ctx, host)
+    refuse_open_recovery(ctx, fresh)
+    refuse_down(fresh, "drain")
 
 
 def _awaiting_confirmation(ctx: Context, host: str, known: set) -> list:
@@ -208,8 +225,11 @@ def _run_step(ctx: Context, host: str, step: Step, policy: str) -> bool:
 
 
 def _fallback(ctx: Context, host: str, server: nova_api.Server, action: Action, reason: str) -> bool:
+    if server.status == "PAUSED":                   # nova stops and cold-migrates no paused server
+        raise nova_api.NovaError(str(action), server.id, "it is PAUSED: nova neither stops nor cold-migrates it "
+                                 "(unpause it, then run the drain again)")
     if action is Action.STOP:
-        if server.status in RUNNING:                # marked before the stop: undrain starts exactly these
+        if server.status == "ACTIVE":               # marked before the stop: undrain starts exactly these
             ctx.nova.set_metadata(server.id, STOPPED_KEY, host)
             ctx.out(f"  {server.name}: stopping (undrain starts it)")
             ctx.nova.stop(server.id)
