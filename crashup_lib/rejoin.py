@@ -30,6 +30,8 @@ DISABLED_BY = "crashup"
 #: the disabled reason of `crashup drain` (crashup_lib.maintenance): the operator's maintenance, which only
 #: `crashup undrain` ends; a (re)start of nova-compute during the maintenance leaves it disabled
 DRAIN_REASON = "crashup drain"
+#: crashup drain's mark on a server it stopped (= the host): undrain starts it; the guest monitor never does
+DRAIN_STOPPED = "crashup:drain_stopped"
 
 REQUEST_POLL = 1.0              # seconds between reads of the recovery request while it is open
 #: longest a start waits for an open recovery: the clone's location rule on crashup-recovery-state normally keeps

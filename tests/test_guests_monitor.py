@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from crashup_lib import cli, config, events, nova
+from crashup_lib import cli, config, events, nova, rejoin
 from crashup_lib import libvirt as lv
 from crashup_lib.guests import monitor as gm
 from crashup_lib.guests import state as gstate
@@ -348,7 +348,7 @@ def test_a_followed_up_reboot_leaves_a_server_that_moved_or_a_drain_stopped(tmp_
     r.fire("lifecycle", lv.EVENT_CRASHED, lv.CRASHED_PANICKED)
     del client.failures["reboot"]
     client._update(UUID, vm_state="stopped", status="SHUTOFF", power_state=4,
-                   metadata={gm.DRAIN_STOPPED: "compute1"})          # crashup drain stopped it meanwhile
+                   metadata={rejoin.DRAIN_STOPPED: "compute1"})          # crashup drain stopped it meanwhile
     assert wait_for(lambda: (r.monitor.step(0.05), not r.monitor.following)[1], 3)
     assert client.reboots == [] and client.starts == []
 

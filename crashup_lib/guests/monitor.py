@@ -26,6 +26,7 @@ from crashup_lib.config import ConfigError
 from crashup_lib.guests import kinds, policy, state
 from crashup_lib.guests.decide import Action, Node, decide
 from crashup_lib.presence import GUESTS, Presence
+from crashup_lib.rejoin import DRAIN_STOPPED
 
 LOG = log.get("guests")
 BEAT = 1.0                   # seconds: the longest the main loop waits between heartbeats when idle
@@ -35,7 +36,6 @@ FOLLOW_PAUSE = 1.0           # seconds between looks at a server nova was busy w
 FOLLOW_FOR = 120.0           # ... for that long at most
 EMITTER_CLOSE = 5.0
 URI = re.compile(r"[a-z][a-z0-9+]*://[^\s]*")
-DRAIN_STOPPED = "crashup:drain_stopped"     # crashup drain's mark on a server it stopped (maintenance/drain.py)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,10 +28,10 @@ import enum
 from crashup_lib import nova as nova_api
 from crashup_lib.maintenance.common import Context, Refused, Target, TimedOut, find_host, follow, halt_unless, \
     refuse_down, refuse_open_recovery, usable_targets
-from crashup_lib.rejoin import DRAIN_REASON     # the disabled reason: rejoin's next_step never re-enables it
+from crashup_lib.rejoin import DRAIN_REASON, DRAIN_STOPPED     # rejoin's next_step never re-enables the first
 
 POLICY_KEY = "crashup:drain"            # per-server override of the policy
-STOPPED_KEY = "crashup:drain_stopped"   # = the host: running before the drain, stopped by it; undrain starts it
+STOPPED_KEY = DRAIN_STOPPED            # = the host: running before the drain, stopped by it; undrain starts it
 POLICIES = ("live", "cold-migrate", "stop")
 RUNNING = ("ACTIVE", "PAUSED")          # what live migration takes
 MOVING_TASKS = ("migrating", "resize_prep", "resize_migrating", "resize_migrated", "resize_finish",
