@@ -801,10 +801,14 @@ conf = cfg.ConfigOpts()
 conf([], project="crashup-test")
 transport = oslo_messaging.get_notification_transport(conf, url=sys.stdin.readline().strip())
 got = threading.Event()
+out = threading.Lock()       # the threading executor calls error() from several threads: one whole line each
 class Endpoint:
     def error(self, ctxt, publisher_id, event_type, payload, metadata):
-        print(json.dumps({"publisher_id": publisher_id, "event_type": event_type, "payload": payload,
-                          "message_id": metadata["message_id"], "timestamp": metadata["timestamp"]}), flush=True)
+        line = json.dumps({"publisher_id": publisher_id, "event_type": event_type, "payload": payload,
+                           "message_id": metadata["message_id"], "timestamp": metadata["timestamp"]})
+        with out:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
         if metadata["message_id"] == wanted:
             got.set()
 wanted = sys.stdin.readline().strip()
