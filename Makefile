@@ -25,7 +25,7 @@ DEBS := pacemaker pacemaker-cli-utils pcs corosync resource-agents fence-agents 
         libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 busybox-static cpio tini
 
 .PHONY: all deps venv nova-venv schemas-venv test unit lab-test demo install uninstall bench bench-recovery bench-rejoin \
-        bench-sweep bench-bus bench-doctor bench-controllers bench-guests lab-up lab-down lab-status clean
+        bench-sweep bench-bus bench-doctor bench-controllers bench-guests bench-scale bench-silent lab-up lab-down lab-status clean
 
 all: venv
 
@@ -105,6 +105,16 @@ bench-guests: deps venv nova-venv
 
 bench-sweep: deps venv schemas-venv
 	$(PY) bench/sweep.py
+
+# scale (issue 19): the recovery daemon's idle cost against the fleet: a synthetic CIB of 3..1,000 nodes, then the
+# lab with BENCH_LIVE compute nodes (default 3,12,24; root, under the lab lock, ~6 min)
+bench-scale: deps venv nova-venv
+	$(PY) bench/scale.py
+
+# silent host failures (power loss, cut link: no TCP reset): time to fencing with the shipped monitor timings and
+# tighter ones, idle and under full CPU load, and the false positives (root, under the lab lock, ~25 min)
+bench-silent: deps venv nova-venv
+	$(PY) bench/silent.py
 
 # The library goes into its own virtualenv; agents keep `#!/usr/bin/env python3` in the tree and get that venv's
 # interpreter as their shebang here, so Pacemaker (which runs them by path, with its own PATH) finds the library.

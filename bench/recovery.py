@@ -25,32 +25,34 @@ from tests.lab.nova_env import IMAGE_ID  # noqa: E402
 N = int(os.environ.get("BENCH_INSTANCES", "50"))
 
 
-def boot(conn, host, prefix):
+def boot(conn, host, prefix, count=None):
     servers = [conn.compute.create_server(name=f"{prefix}-{i}", flavor_id="1", image_id=IMAGE_ID,
-                                          networks="none", host=host) for i in range(N)]
+                                          networks="none", host=host) for i in range(N if count is None else count)]
     for s in servers:
         conn.compute.wait_for_server(s, status="ACTIVE", interval=0.5, wait=600)
     return {s.id for s in servers}
 
 
 def wait_active_elsewhere(conn, ids, source, timeout=300):
-    """When the last instance is ACTIVE away from `source`. Watched through the fake hypervisor (the box's control
-    API: a dict copy), not nova's API: polling servers/detail every 0.2 s would itself slow nova's single process
-    down while it serves the evacuations, more in a run that watches from the failure on than in one that watches
-    from its first call. nova's own view confirms it (every instance ACTIVE, no task) before the time counts."""
+    """When the last instance is ACTIVE away from `source` (a host, or a set of failed hosts). Watched through the
+    fake hypervisor (the box's control API: a dict copy), not nova's API: polling servers/detail every 0.2 s would
+    itself slow nova's single process down while it serves the evacuations, more in a run that watches from the
+    failure on than in one that watches from its first call. nova's own view confirms it (every instance ACTIVE,
+    no task) before the time counts."""
     box = lab.nova()
+    sources = {source} if isinstance(source, str) else set(source)
     limit = time.monotonic() + timeout
     seen = None
     while time.monotonic() < limit:
-        placed = {sid for host, guests in box.guests().items() if host != source for sid in guests}
+        placed = {sid for host, guests in box.guests().items() if host not in sources for sid in guests}
         if ids <= placed:
             seen = time.monotonic()
             break
         time.sleep(0.1)
     while seen is not None and time.monotonic() < limit:
         servers = [s for s in conn.compute.servers(all_projects=True) if s.id in ids]
-        if len(servers) == len(ids) and all(s.status == "ACTIVE" and s.compute_host != source and not s.task_state
-                                            for s in servers):
+        if len(servers) == len(ids) and all(s.status == "ACTIVE" and s.compute_host not in sources
+                                            and not s.task_state for s in servers):
             return seen
         if any(s.status == "ERROR" for s in servers):
             break
@@ -71,62 +73,77 @@ def delete_all(conn):
         conn.compute.wait_for_delete(s, interval=0.5, wait=300)
 
 
-def baseline(conn, node):
-    """nova alone: the same evacuations, all issued at once against an already-down, forced-down host."""
+def baseline(conn, nodes, count=None):
+    """nova alone: the same evacuations, all issued at once against already-down, forced-down hosts."""
     from crashup_lib import nova as nova_api
     import subprocess
-    ids = boot(conn, node.nova_host, "base")
-    ban = ["crm_resource", "--resource", f"{lab.NOVA_COMPUTE}-clone", "--node", node.name]
-    subprocess.run(ban + ["--ban"], check=True, capture_output=True, timeout=60)    # its agent must not restart it
-    pacemaker.wait_for(lambda st: not lab.compute_running(st, node), 120, f"nova-compute stopped on {node.name}")
-    lab.nova().stop_compute(node.nova_host, power_off=True)
+    nodes = [nodes] if not isinstance(nodes, list) else nodes
+    ids = set().union(*(boot(conn, n.nova_host, f"base-{n.name}", count) for n in nodes))
+    bans = [["crm_resource", "--resource", f"{lab.NOVA_COMPUTE}-clone", "--node", n.name] for n in nodes]
+    for ban in bans:
+        subprocess.run(ban + ["--ban"], check=True, capture_output=True, timeout=60)  # its agent must not restart it
+    for n in nodes:
+        pacemaker.wait_for(lambda st: not lab.compute_running(st, n), 120, f"nova-compute stopped on {n.name}")
+        lab.nova().stop_compute(n.nova_host, power_off=True)
     client = nova_api.Nova.from_config(__import__("crashup_lib.config", fromlist=["load"]).load(
         str(lab.CRASHUP_CONF)))
-    client.force_down(node.nova_host, True)
+    for n in nodes:
+        client.force_down(n.nova_host, True)
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda sid: client.evacuate(sid, microversion="2.94"), ids))
     calls = time.monotonic() - start
-    end = wait_active_elsewhere(conn, ids, node.nova_host)
+    end = wait_active_elsewhere(conn, ids, {n.nova_host for n in nodes})
     delete_all(conn)
-    lab.nova().start_compute(node.nova_host)              # back by hand, as an operator of nova alone would
-    while True:
-        try:
-            client.force_down(node.nova_host, False)
-            break
-        except nova_api.NovaBadRequest:                    # until nova-compute cleaned up the evacuated guests
-            time.sleep(0.25)
-    subprocess.run(ban + ["--clear"], check=True, capture_output=True, timeout=60)
-    lab.wait_rejoined(node)
+    for n in nodes:
+        lab.nova().start_compute(n.nova_host)             # back by hand, as an operator of nova alone would
+        while True:
+            try:
+                client.force_down(n.nova_host, False)
+                break
+            except nova_api.NovaBadRequest:                # until nova-compute cleaned up the evacuated guests
+                time.sleep(0.25)
+    for ban in bans:
+        subprocess.run(ban + ["--clear"], check=True, capture_output=True, timeout=60)
+    for n in nodes:
+        lab.wait_rejoined(n, timeout=300)
     return calls, end - start
 
 
-def crashup_run(conn, node):
+def crashup_run(conn, nodes, count=None):
     """Fenced with stonith-action=off: in the lab every node shares the same 2 cores, and a node rebooting and
-    rejoining during the evacuations (probes, remoted, hooks) slows nova itself; a real failed host shares nothing."""
+    rejoining during the evacuations (probes, remoted, hooks) slows nova itself; a real failed host shares nothing.
+    Several nodes crash at once (a rack): detect and fence count to the last of them."""
     import subprocess
+    nodes = [nodes] if not isinstance(nodes, list) else nodes
     subprocess.run(["pcs", "property", "set", "stonith-action=off"], check=True, capture_output=True, timeout=60)
-    ids = boot(conn, node.nova_host, "ha")
+    ids = set().union(*(boot(conn, n.nova_host, f"ha-{n.name}", count) for n in nodes))
     since = time.time()
     # the lab's crash stops the node's nova-compute inside the box after killing its remoted (that stop takes a
     # second or more): watched from the kill on, not after the lab's own bookkeeping
     crash = time.monotonic()
-    crasher = threading.Thread(target=lab.fail, args=(node, "crash"))
-    crasher.start()
-    pacemaker.wait_for(lambda st: not st.nodes[node.name].online, 120, f"{node.name} lost", interval=0.1)
+    crashers = [threading.Thread(target=lab.fail, args=(n, "crash")) for n in nodes]
+    for t in crashers:
+        t.start()
+    pacemaker.wait_for(lambda st: not any(st.nodes[n.name].online for n in nodes), 120, "the nodes lost",
+                       interval=0.1)
     lost = time.monotonic()
-    crasher.join()
-    pacemaker.wait_for(lambda st: st.fenced(node.name, since), 120, f"{node.name} fenced", interval=0.1)
+    for t in crashers:
+        t.join()
+    pacemaker.wait_for(lambda st: all(st.fenced(n.name, since) for n in nodes), 180, "the nodes fenced",
+                       interval=0.1)
     fenced = time.monotonic()
-    end = wait_active_elsewhere(conn, ids, node.nova_host)
+    end = wait_active_elsewhere(conn, ids, {n.nova_host for n in nodes})
     deadline = time.monotonic() + 120
-    while lab.recovery_request(node).state != "done" and time.monotonic() < deadline:
+    while any(lab.recovery_request(n).state != "done" for n in nodes) and time.monotonic() < deadline:
         time.sleep(0.2)
     delete_all(conn)
-    with lab.bmc(node) as bmc:                         # the operator powers the repaired host back on
-        bmc.set_power("on")
-    pacemaker.wait_for(lab.all_online(lab.nodes()), 120, "every node online")
-    lab.wait_rejoined(node)
+    for n in nodes:
+        with lab.bmc(n) as bmc:                        # the operator powers the repaired host back on
+            bmc.set_power("on")
+    pacemaker.wait_for(lab.all_online(lab.nodes()), 300, "every node online")
+    for n in nodes:
+        lab.wait_rejoined(n, timeout=300)
     subprocess.run(["pcs", "property", "set", "stonith-action=reboot"], check=True, capture_output=True, timeout=60)
     return lost - crash, fenced - lost, end - fenced, end - crash
 

@@ -87,7 +87,7 @@ def _recover(args) -> int:
     if req is None:
         raise pacemaker.PacemakerError(f"no recovery request for {args.node}: fencing records one")
     if args.force and req.open:                  # past the storm guard or the notify hand-off, on purpose
-        req = req.moved_to("recovering", "resumed by the operator")     # (moving clears the hold)
+        req = req.moved_to("recovering", "resumed by the operator", forced=True)    # (moving clears the hold)
         cluster.write_request(req)
     runner = daemon.Daemon(cfg, state_dir="/run/crashup", cluster=cluster)
     try:
@@ -107,13 +107,16 @@ def _release(args) -> int:
 
 
 def _maintenance(args) -> int:
-    """drain, undrain, evacuate, restore: a Refused is one line and exit 2 (nothing was changed)."""
+    """drain, undrain, evacuate, restore, rejuvenate: a Refused is one line and exit 2 (nothing was changed)."""
     from crashup_lib import events, nova, pacemaker
-    from crashup_lib.maintenance import common, drain, evacuate_host, restore
+    from crashup_lib.maintenance import common, drain, evacuate_host, rejuvenate_steps, restore
     cfg = _load(args)
     emitter = None if args.dry_run else events.Emitter.from_config(cfg)
-    ctx = common.Context(cfg, nova.Nova.from_config(cfg), pacemaker.Cluster(), emitter)
+    cluster = rejuvenate_steps.RollCluster() if args.command == "rejuvenate" else pacemaker.Cluster()
+    ctx = common.Context(cfg, nova.Nova.from_config(cfg), cluster, emitter)
     try:
+        if args.command == "rejuvenate":
+            return rejuvenate_steps.rejuvenate(ctx, args.node, args.dry_run)
         if args.command == "drain":
             return drain.drain(ctx, args.host, args.dry_run)
         if args.command == "undrain":
@@ -263,6 +266,32 @@ def _guests(args) -> int:
     return 0
 
 
+def _isolation(args) -> int:
+    """`crashup isolation`: the guard's view and the cluster's answer now; --daemon: the isolation guard."""
+    cfg = _load(args)
+    from crashup_lib.isolation import act, guard, show, timing
+    pairs = [s.partition("=") for s in args.set or []]
+    try:
+        if any(not eq for _, eq, _ in pairs):
+            raise timing.SettingsError("--set takes NAME=VALUE")
+        settings = timing.parse({k: v for k, _, v in pairs})
+    except timing.SettingsError as e:
+        raise config.ConfigError(str(e)) from None
+    if not args.daemon:
+        return show.main(args.state_dir or "/run/crashup", settings, args.json)
+    from crashup_lib.guests import monitor
+    host = monitor.own_host(cfg, args.node)
+    node = args.node or host
+    try:
+        service = act.nova_compute(args.nova_unit, args.nova_stop_command, args.nova_status_command, host=host,
+                                   node=node)
+    except ValueError as e:
+        raise config.ConfigError(f"isolation: nova-compute: {e}") from None
+    uri = args.libvirt_uri.replace("{host}", host) if args.libvirt_uri else monitor.libvirt_uri(cfg, host)
+    return guard.main(cfg, settings, node=node, host=host, service=service, libvirt_uri=uri,
+                      state_dir=args.state_dir or "/run/crashup")
+
+
 def _pcs(args) -> int:
     from crashup_lib import pcs
     inv = pcs.load(args.inventory)
@@ -381,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.choices[name]
         p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
         p.set_defaults(run=_maintenance)
+    p = sub.add_parser("rejuvenate", help="restart the compute nodes' nova-compute (rejuvenation_resources) through "
+                                          "Pacemaker, one node at a time, each back up in nova before the next")
+    p.add_argument("node", nargs="?", help="only this Pacemaker node (or nova host); default: every compute node")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.set_defaults(run=_maintenance)
     p = sub.add_parser("events", help="print the event journal")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--new", action="store_true", help="with --follow: only events from now on")
@@ -414,6 +448,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-nova", action="store_true", help="list libvirt's view only")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_guests)
+    p = sub.add_parser("isolation", help="this compute node's isolation guard: what it sees, and whether a quorate "
+                                         "cluster answers now (docs/isolation.md)")
+    p.add_argument("--daemon", action="store_true", help="run the isolation guard until SIGTERM (Pacemaker's agent "
+                                                         "ocf:crashup:crashup daemon=isolation does this)")
+    p.add_argument("--state-dir", help="the guard's pid, heartbeat and state files (default /run/crashup)")
+    p.add_argument("--node", help="with --daemon: this node's Pacemaker name (default: the host name)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="an isolation setting (isolation_timeout, probe_interval, probe_timeout, action_timeout, "
+                        "watchdog, watchdog_timeout, policy); repeat it")
+    p.add_argument("--nova-unit", default="nova-compute", help="nova-compute's systemd unit")
+    p.add_argument("--nova-stop-command", default="", help="instead: the command stopping nova-compute ({host}, {node})")
+    p.add_argument("--nova-status-command", default="", help="... and the one telling whether it runs")
+    p.add_argument("--libvirt-uri", default="", help="the guests' libvirt ({host}); default [guests] guest_libvirt_uri")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_isolation)
     p = sub.add_parser("pcs", help="Pacemaker configuration from an inventory (pcs-templates/README.md)")
     p.add_argument("action", choices=("render", "apply"),
                    help="render: print the pcs script (or with --conf, the crashup.conf); apply: apply it now")

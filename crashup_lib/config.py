@@ -163,6 +163,16 @@ def parse_host_map(raw: str) -> dict[str, str]:
 HOST_MAP = Kind("pcmk_host_map syntax: 'node1:host1;node2:host2'", parse_host_map)
 
 
+def parse_domains(raw: str) -> dict[str, str]:
+    try:
+        return parse_host_map(raw)
+    except ValueError:
+        raise ValueError("'node1:rack1;node2:rack1;node3:rack2' (a node once)") from None
+
+
+DOMAINS = Kind("'node1:rack1;node2:rack1;node3:rack2' (a node once)", parse_domains, multiline=True)
+
+
 def words() -> Kind:
     def parse(raw: str) -> tuple[str, ...]:
         return tuple(w for w in re.split(r"[,\s]+", raw.strip()) if w)
@@ -236,6 +246,11 @@ OPTIONS: tuple[Option, ...] = (
            "the same guard as a fraction of all compute hosts"),
     Option("storm_window", "recovery", duration(1), "300",
            "the window the storm guard counts failures in"),
+    Option("storm_domains", "recovery", DOMAINS, "",
+           "each compute node's failure domain (rack, power feed, switch): failed hosts within storm_max_domains "
+           "domains are one incident, which storm_max_hosts does not stop (storm_max_fraction still does)"),
+    Option("storm_max_domains", "recovery", integer(1), "1",
+           "how many failure domains one incident may span"),
     # how instances are evacuated
     Option("evacuable_tag", "evacuation", text(r"[A-Za-z0-9_.:-]+", "a tag name (letters, digits, _.:-)"),
            "evacuable", "instances whose flavor, image, server metadata or aggregate carries this tag are "
@@ -264,6 +279,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("maintenance_timeout", "maintenance", duration(10), "600",
            "how long a verb follows one server's move, stop, start or rebuild, and `crashup evacuate` the host's "
            "recovery, before it gives up (what was started goes on in nova; run the verb again to resume)"),
+    # rejuvenation (crashup rejuvenate, and the recovery daemon's periodic roll: docs/runbook.md)
+    Option("rejuvenation_interval", "maintenance", duration(0), "0",
+           "how old a compute node's last rejuvenation (a graceful restart of rejuvenation_resources through "
+           "Pacemaker, one node at a time) may get before the recovery daemon rolls it again; 0: never (off)"),
+    Option("rejuvenation_resources", "maintenance",
+           names(r"[A-Za-z0-9_.:-]+", "Pacemaker clone ids (letters, digits, _.:-), at least one"),
+           "nova-compute-clone",
+           "the Pacemaker clones a rejuvenation restarts on a node, in this order (add libvirtd's clone when "
+           "Pacemaker runs libvirtd)"),
+    Option("rejuvenation_task_wait", "maintenance", duration(0), "300",
+           "how long a rejuvenation waits for a node's servers to finish their tasks before it skips that node"),
     # reaching OpenStack
     Option("cloud", "openstack", text(r"[^\s]+", "a clouds.yaml entry name"), "crashup",
            "the clouds.yaml entry crashup uses (credentials stay in clouds.yaml/secure.yaml)"),

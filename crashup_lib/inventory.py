@@ -17,6 +17,7 @@ import re
 from typing import Any, Mapping
 
 from crashup_lib import config, localservice, log
+from crashup_lib.isolation import timing
 
 MAX_DEPTH = 16                            # the schema needs 4 levels: anything deeper is not an inventory
 MAX_TEXT = 4096                           # one value; also keeps what an error echoes small
@@ -87,6 +88,7 @@ class Compute:
     remote_address: str                   # pacemaker_remote server
     bmc: Bmc
     remote_port: int | None = None        # None: pacemaker_remote's default (3121)
+    failure_domain: str = ""              # rack, power feed, switch: crashup.conf's [recovery] storm_domains
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +134,8 @@ class Inventory:
     conf: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)   # {section: {option: raw}}
     nova_compute: NovaComputeAgent = NovaComputeAgent()
     tuning: Tuning = Tuning()
+    #: the `isolation:` section (docs/isolation.md): one source for the guard's clone and the fallback fencing level
+    isolation: timing.Settings = timing.Settings()
     source: str = "inventory"
     warnings: tuple[str, ...] = ()
 
@@ -143,6 +147,10 @@ class Inventory:
     @property
     def host_map(self) -> dict[str, str]:
         return {c.name: c.nova_host for c in self.computes if c.nova_host != c.name}
+
+    @property
+    def failure_domains(self) -> dict[str, str]:
+        return {c.name: c.failure_domain for c in self.computes if c.failure_domain}
 
 
 # --- reading ---------------------------------------------------------------------------------------------------------
@@ -353,7 +361,7 @@ class _Reader:
     # -- the parts
     def inventory(self, data) -> Inventory:
         top = self.mapping(data, "", ("cluster", "controllers", "computes", "bmc_defaults", "crashup",
-                                      "nova_compute", "tuning", "pacemaker") + CONF_SECTIONS,
+                                      "nova_compute", "tuning", "pacemaker", "isolation") + CONF_SECTIONS,
                            required=("controllers", "computes"))
         if "pacemaker" in top:
             self.fail("pacemaker", "not set here: host_map is derived from each compute's nova_host")
@@ -378,13 +386,16 @@ class _Reader:
                          for i, c in enumerate(self.sequence(top["computes"], "computes")))
         self.unique([*controllers, *(c.name for c in computes)], "node name", "controllers/computes")
         self.unique([c.nova_host for c in computes], "nova_host", "computes")
+        if any(c.failure_domain for c in computes) and "storm_domains" in (top.get("recovery") or {}):
+            self.fail("recovery.storm_domains", "not set here when computes carry failure_domain: it is derived")
         crashup = self.mapping(top.get("crashup"), "crashup", ("config_file", "state_dir"))
         return Inventory(
             controllers=tuple(controllers), controller_bmcs=controller_bmcs, computes=computes, stonith_action=action,
             config_file=self.path(crashup.get("config_file"), "crashup.config_file", config.DEFAULT_PATH),
             state_dir=self.path(crashup.get("state_dir"), "crashup.state_dir", "/run/crashup"),
             conf=self.conf(top), nova_compute=self.nova_compute(top.get("nova_compute")),
-            tuning=self.tuning(top.get("tuning")), source=self.source, warnings=tuple(self.warnings))
+            tuning=self.tuning(top.get("tuning")), isolation=self.isolation(top.get("isolation")),
+            source=self.source, warnings=tuple(self.warnings))
 
     def unique(self, names: list[str], what: str, key: str) -> None:
         seen = set()
@@ -394,7 +405,7 @@ class _Reader:
             seen.add(n)
 
     def compute(self, value, key: str, bmc_defaults: dict) -> Compute:
-        c = self.mapping(value, key, ("name", "nova_host", "remote_address", "remote_port", "bmc"),
+        c = self.mapping(value, key, ("name", "nova_host", "remote_address", "remote_port", "bmc", "failure_domain"),
                          required=("name", "bmc"))
         name = self.name(c["name"], f"{key}.name")
         return Compute(name=name,
@@ -403,7 +414,9 @@ class _Reader:
                        remote_address=self.matching(c.get("remote_address"), f"{key}.remote_address", _ADDRESS,
                                                     "an address (a host name or IP address)", name),
                        remote_port=self.integer(c.get("remote_port"), f"{key}.remote_port", 1, 65535),
-                       bmc=self.bmc(c["bmc"], f"{key}.bmc", bmc_defaults, name))
+                       bmc=self.bmc(c["bmc"], f"{key}.bmc", bmc_defaults, name),
+                       failure_domain="" if c.get("failure_domain") is None else self.matching(
+                           c["failure_domain"], f"{key}.failure_domain", _HOST, "a failure domain (letters, digits, _.-)"))
 
     def bmc(self, value, key: str, defaults: dict, node: str) -> Bmc:
         own = self.mapping(value, key, _BMC_KEYS)
@@ -471,6 +484,16 @@ class _Reader:
                 self.fail(f"tuning.{k}", f"{_shown(raw)} is not allowed: expected whole seconds")
             out[k] = value
         return Tuning(**out)
+
+    def isolation(self, value) -> timing.Settings:
+        """The guard's settings (and the fallback level's margin), read by the guard's own parser: one reader for
+        the inventory, the guard's agent and the fence device (timing.parse)."""
+        i = self.mapping(value, "isolation", tuple(timing.FIELDS))
+        try:
+            return timing.parse({k: "true" if v is True else "false" if v is False else self.text(v, f"isolation.{k}")
+                                 for k, v in i.items() if v is not None})
+        except timing.SettingsError as e:
+            raise error(self.source, None, str(e)) from None
 
 
 _BMC_KEYS = ("address", "port", "user") + PASSWORD_SOURCES

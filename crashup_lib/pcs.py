@@ -15,6 +15,8 @@ import shlex
 import tempfile
 
 from crashup_lib import config
+from crashup_lib.fencing import isolation as fallback
+from crashup_lib.isolation import timing as isolation_timing
 from crashup_lib.inventory import (CONF_SECTIONS, PASSWORD_SOURCES, Bmc, Compute,  # noqa: F401 (the API)
                                    Inventory, InventoryError, NovaComputeAgent, Tuning, error, load, parse,
                                    text_problem)
@@ -26,6 +28,8 @@ CRASHUP = "crashup"                       # the recovery daemon's resource
 SWEEP = "crashup-sweep"                   # the CrashUp sweep's resource, when the inventory gives it a database
 GUESTS = "crashup-guests"                 # the guest monitor's clone on compute nodes, when guests.guest_monitor
 NOVA_FENCE = "crashup-nova"               # the shared fence_crashup_nova device
+ISOLATION = "crashup-isolation"           # the isolation guard's clone on compute nodes, when isolation.enabled
+FALLBACK_TIMEOUT_SLACK = 10               # Pacemaker's timeout of the fallback device beyond the agent's own deadline
 
 
 # --- rendering -------------------------------------------------------------------------------------------------------
@@ -68,10 +72,14 @@ def commands(inv: Inventory) -> list[list[str]]:
         cmds.append(_ipmi_device(name, b, t, f"pcmk_delay_base={_s(t.controller_fence_delay)}"))
         cmds.append(["constraint", "location", "add", f"ipmi-{name}-not-on-{name}", f"ipmi-{name}", name,
                      "--", "-INFINITY"])
+    # one device for every compute: without pcmk_action_limit it fences one node at a time (a rack, one by one)
     cmds.append(["stonith", "create", NOVA_FENCE, "fence_crashup_nova", f"config_file={inv.config_file}",
-                 f"pcmk_host_list={' '.join(names)}", "op", "monitor", f"interval={_s(t.fence_monitor_interval)}"])
+                 f"pcmk_host_list={' '.join(names)}", "pcmk_action_limit=-1",
+                 "op", "monitor", f"interval={_s(t.fence_monitor_interval)}"])
     for c in inv.computes:     # power off first, then nova: both must succeed
         cmds.append(["stonith", "level", "add", "1", c.name, f"ipmi-{c.name}", NOVA_FENCE])
+    if inv.isolation.enabled:
+        cmds += _fallback_fencing(inv)
     # ocf:crashup:* with --force: nova-compute is installed on compute nodes, not where pcs runs
     sticky = ["meta", "resource-stickiness=100"] if several else []
     cmds.append(["resource", "create", CRASHUP, "ocf:crashup:crashup", f"config={inv.config_file}",
@@ -109,7 +117,11 @@ def commands(inv: Inventory) -> list[list[str]]:
                  "score=-INFINITY", STATE_ATTRIBUTE, "eq", "pending", "or", STATE_ATTRIBUTE, "eq", "recovering"])
     if guest_monitor(inv):
         cmds += _guests(inv)
-    cmds.append(["property", "set", "stonith-enabled=true",
+    if inv.isolation.enabled:
+        cmds += _isolation_guard(inv)
+    # concurrent-fencing: the hosts of a failed rack are fenced at once, not one after the other (Pacemaker 2.1.5's
+    # default is false: measured, 8 hosts took 8 fencings' time before the last one's recovery could start)
+    cmds.append(["property", "set", "stonith-enabled=true", "concurrent-fencing=true",
                  *([f"stonith-action={inv.stonith_action}"] if inv.stonith_action else []),
                  *(["no-quorum-policy=stop"] if several else [])])
     return _checked_commands(inv, cmds)
@@ -134,6 +146,44 @@ def _guests(inv: Inventory) -> list[list[str]]:
               "resource-discovery=never"] for name in inv.controllers]
     cmds.append(["constraint", "order", "start", f"{NOVA_COMPUTE}-clone", "then", "start", clone])
     cmds.append(["constraint", "colocation", "add", clone, "with", f"{NOVA_COMPUTE}-clone", "INFINITY"])
+    return cmds
+
+
+def _isolation_guard(inv: Inventory) -> list[list[str]]:
+    """The isolation guard (docs/isolation.md): a clone of the crashup agent (daemon=isolation) on every compute
+    node, never run nor probed on a controller, independent of nova-compute (a node whose nova-compute is held
+    still has guests to stop). Its timings are the inventory's `isolation:` section, the same the fallback fence
+    device gets; it stops nova-compute the way the nova-compute clone is configured to."""
+    t, n = inv.tuning, inv.nova_compute
+    clone = f"{ISOLATION}-clone"
+    settings = {k: v for k, v in isolation_timing.values(inv.isolation).items()
+                if k not in ("enabled", "margin") and v != ""}
+    service = [f"nova_compute_unit={n.unit}"] if n.backend == "systemd" else [
+        f"nova_compute_stop_command={n.stop_command}", f"nova_compute_status_command={n.status_command}"]
+    cmds = [["resource", "create", ISOLATION, "ocf:crashup:crashup", "daemon=isolation", f"config={inv.config_file}",
+             f"state_dir={inv.state_dir}", *(f"{k}={v}" for k, v in settings.items()), *service,
+             "op", "monitor", f"interval={_s(t.crashup_monitor_interval)}", f"timeout={_s(t.crashup_monitor_timeout)}",
+             "clone", "interleave=true", "--force"]]
+    cmds += [["constraint", "location", "add", f"{ISOLATION}-not-on-{name}", clone, name, "--", "-INFINITY",
+              "resource-discovery=never"] for name in inv.controllers]
+    return cmds
+
+
+def _fallback_fencing(inv: Inventory) -> list[list[str]]:
+    """The fallback level (docs/isolation.md): when a node's BMC cannot be reached, fence_crashup_isolation waits
+    until the node's isolation guard has certainly acted, then fence_crashup_nova records the recovery as in level
+    1. The device gets the guard's own settings (its deadline follows from them) and a timeout above its wait; one
+    device per node, since each action waits a minute or more and a device runs one action at a time."""
+    params = fallback.device_params(inv.isolation)
+    timeout = _s(int(params["deadline"]) + FALLBACK_TIMEOUT_SLACK)
+    cmds = []
+    for c in inv.computes:
+        cmds.append(["stonith", "create", f"isolation-{c.name}", "fence_crashup_isolation",
+                     *(f"{k}={v}" for k, v in params.items()), f"pcmk_host_list={c.name}",
+                     f"pcmk_off_timeout={timeout}", f"pcmk_reboot_timeout={timeout}",
+                     "op", "monitor", f"interval={_s(inv.tuning.fence_monitor_interval)}"])
+    for c in inv.computes:     # after level 1 has failed: the guard's time, then nova as in level 1
+        cmds.append(["stonith", "level", "add", "2", c.name, f"isolation-{c.name}", NOVA_FENCE])
     return cmds
 
 
@@ -195,6 +245,9 @@ def crashup_conf(inv: Inventory) -> str:
     sections = {s: dict(opts) for s, opts in inv.conf.items()}
     if inv.host_map:
         sections["pacemaker"] = {"host_map": ";".join(f"{n}:{h}" for n, h in inv.host_map.items())}
+    if inv.failure_domains:
+        sections.setdefault("recovery", {})["storm_domains"] = ";".join(f"{n}:{d}" for n, d
+                                                                        in inv.failure_domains.items())
     lines = [f"# crashup configuration rendered from {inv.source} by `crashup pcs render --conf`:",
              "# change the inventory and render again. Options not set here keep their defaults."]
     for section in config.SECTIONS:

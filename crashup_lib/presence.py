@@ -126,3 +126,4 @@ class Presence:
 RECOVERY = ("daemon.pid", "heartbeat")
 SWEEP = ("sweep.pid", "sweep.heartbeat")
 GUESTS = ("guests.pid", "guests.heartbeat")       # the guest monitor, on compute nodes
+ISOLATION = ("isolation.pid", "isolation.heartbeat")    # the isolation guard, on compute nodes

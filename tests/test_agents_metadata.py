@@ -12,7 +12,7 @@ FENCE_AGENTS = sorted((REPO / "fence").glob("fence_*"))
 
 def test_there_are_agents_to_check():
     assert [p.name for p in OCF_AGENTS] == ["crashup", "nova-compute"]
-    assert [p.name for p in FENCE_AGENTS] == ["fence_crashup_ipmi", "fence_crashup_nova"]
+    assert [p.name for p in FENCE_AGENTS] == ["fence_crashup_ipmi", "fence_crashup_isolation", "fence_crashup_nova"]
 
 
 @pytest.mark.parametrize("agent", OCF_AGENTS, ids=lambda p: p.name)

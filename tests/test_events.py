@@ -76,6 +76,10 @@ SAMPLES = {
     "crashup.instance.maintenance": (UUID1, {
         "id": UUID1, "name": "web-1", "verb": "drain", "action": "live-migrate", "source_host": "compute1",
         "target_host": "compute2", "outcome": "done", "reason": ""}),
+    "crashup.host.isolated": ("compute1", {
+        "host": "compute1", "node": "compute1", "lost_for": 37.5, "reason": "crm_node did not finish within 5s",
+        "policy": "destroy", "nova_compute": "stopped", "guests": [UUID1], "failed": [{"id": UUID2, "reason": "x"}],
+        "libvirt": "", "complete": False}),
 }
 
 

@@ -14,7 +14,7 @@ import time
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from crashup_lib import fencing, ipmi, log
@@ -190,6 +190,8 @@ def assert_clean(raw, warnings):
 
 @settings(deadline=None, max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 @given(argvs)
+@example([f"--{PASSWORD}--"])                       # getopt quoted it in its error before anything was registered
+@example(["--pass", PASSWORD + "x", f"--{PASSWORD}x"])
 def test_argv_parser_returns_clean_text_or_one_fence_error(argv):
     warnings = []
     try:

@@ -14,7 +14,7 @@ def test_make_install_gives_working_agents(tmp_path):
     ocf = root / "usr/lib/ocf/resource.d/crashup/crashup"
     assert ocf.read_text().splitlines()[0] == f"#!{venv}/bin/python3"
     assert subprocess.run([str(ocf), "meta-data"], env=bare, capture_output=True).returncode == 0
-    for name in ("fence_crashup_ipmi", "fence_crashup_nova"):
+    for name in ("fence_crashup_ipmi", "fence_crashup_isolation", "fence_crashup_nova"):
         agent = root / "usr/sbin" / name
         assert os.access(agent, os.X_OK)
         result = subprocess.run([str(agent)], input="action=metadata\n", env=bare, capture_output=True, text=True)

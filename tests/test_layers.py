@@ -22,7 +22,7 @@ LAYERS = {
     "crashup_lib.bus": 1,                   # the notification bus's broker (AMQP through kombu)
     "crashup_lib.libvirt": 1,               # a host's libvirtd: domain states, events (libvirt-python)
     # domain: decisions as data and pure functions, and what observes or records them
-    "crashup_lib.rules": 2, "crashup_lib.events": 2, "crashup_lib.health": 2, "crashup_lib.plan": 2,
+    "crashup_lib.rules": 2, "crashup_lib.events": 2, "crashup_lib.health": 2, "crashup_lib.plan": 2, "crashup_lib.storm": 2,
     "crashup_lib.repair": 2, "crashup_lib.rejoin": 2, "crashup_lib.watchdog": 2, "crashup_lib.inventory": 2,
     "crashup_lib.report": 2,                # one recovery's timeline from the journal, as text and SVG
     "crashup_lib.metrics": 2,               # Prometheus metrics from the journal and the requests
@@ -30,6 +30,8 @@ LAYERS = {
     "crashup_lib.recovery": 3, "crashup_lib.sweep": 3, "crashup_lib.pcs": 3,
     "crashup_lib.guests": 3,                # the node-side guest monitor (its kinds, policy, decide are pure)
     "crashup_lib.maintenance": 3,           # the operator verbs: drain, undrain, evacuate, restore
+    "crashup_lib.isolation": 3,             # the node-side isolation guard (its decide is pure)
+    "crashup_lib.isolation.timing": 0,      # its settings and deadline: the fallback fence agent imports them
     # the command
     "crashup_lib.cli": 4,
 }

@@ -47,7 +47,8 @@ def test_two_computes_give_the_lab_shaped_command_list():
          "username=admin", "password_file=/etc/crashup/bmc-2", "pcmk_host_list=compute2.example.com",
          "op", "monitor", "interval=60s"],
         ["stonith", "create", "crashup-nova", "fence_crashup_nova", "config_file=/etc/crashup/crashup.conf",
-         "pcmk_host_list=compute1 compute2.example.com", "op", "monitor", "interval=60s"],
+         "pcmk_host_list=compute1 compute2.example.com", "pcmk_action_limit=-1", "op", "monitor",
+         "interval=60s"],
         ["stonith", "level", "add", "1", "compute1", "ipmi-compute1", "crashup-nova"],
         ["stonith", "level", "add", "1", "compute2.example.com", "ipmi-compute2.example.com", "crashup-nova"],
         ["resource", "create", "crashup", "ocf:crashup:crashup", "config=/etc/crashup/crashup.conf",
@@ -65,7 +66,7 @@ def test_two_computes_give_the_lab_shaped_command_list():
         ["constraint", "location", "nova-compute-clone", "rule", "id=nova-compute-held-during-recovery",
          "score=-INFINITY", "crashup-recovery-state", "eq", "pending", "or", "crashup-recovery-state", "eq",
          "recovering"],
-        ["property", "set", "stonith-enabled=true"],
+        ["property", "set", "stonith-enabled=true", "concurrent-fencing=true"],
     ]
 
 
@@ -84,7 +85,7 @@ def test_options_reach_the_commands():
                            "libvirt_uri=qemu:///system", "heartbeat_cache=5", "state_dir=/run/c", "op"]
     assert "interval=5s" in clone and "failure-timeout=20s" in clone and "unit=nova-compute" not in clone
     assert "reconnect_interval=5s" in cmds[0] and "interval=120s" in cmds[2]
-    assert cmds[-1] == ["property", "set", "stonith-enabled=true", "stonith-action=off"]
+    assert cmds[-1] == ["property", "set", "stonith-enabled=true", "concurrent-fencing=true", "stonith-action=off"]
     assert "config_file=/etc/c/c.conf" in next(c for c in cmds if "crashup-nova" in c[2:3])
 
 

@@ -37,7 +37,8 @@ def test_each_controller_gets_its_fence_device_never_run_on_itself_with_a_delay(
                 "--", "-INFINITY"] in cmds
     # the compute's device has no delay: a compute node is fenced at once
     assert not any(a.startswith("pcmk_delay") for c in cmds if "ipmi-compute1" in c for a in c)
-    assert by_verb(cmds, "property", "set") == [["property", "set", "stonith-enabled=true", "no-quorum-policy=stop"]]
+    assert by_verb(cmds, "property", "set") == [["property", "set", "stonith-enabled=true", "concurrent-fencing=true",
+                                                 "no-quorum-policy=stop"]]
     crashup = by_verb(cmds, "resource", "create", "crashup")[0]
     assert crashup[crashup.index("meta"):] == ["meta", "resource-stickiness=100", "--force"]
 
@@ -47,20 +48,21 @@ def test_the_delay_is_tunable_and_the_script_checks_out():
     assert all("pcmk_delay_base=5s" in c for c in pcs.commands(inv) if c[:2] == ["stonith", "create"]
                and c[2].startswith("ipmi-ctl"))
     text = pcs.script(inv)
-    assert "pcs -f \"$CIB\" " + shlex.join(["property", "set", "stonith-enabled=true", "no-quorum-policy=stop"]) in text
+    assert "pcs -f \"$CIB\" " + shlex.join(["property", "set", "stonith-enabled=true", "concurrent-fencing=true",
+                                           "no-quorum-policy=stop"]) in text
 
 
 def test_one_controller_renders_as_before():
     data = three(controllers=["ctl1"])
     cmds = pcs.commands(pcs.parse(data))
-    assert by_verb(cmds, "property", "set") == [["property", "set", "stonith-enabled=true"]]
+    assert by_verb(cmds, "property", "set") == [["property", "set", "stonith-enabled=true", "concurrent-fencing=true"]]
     assert not any("ipmi-ctl1" in c for c in cmds) and not any("resource-stickiness=100" in c for c in cmds)
 
 
 def test_a_controller_with_its_bmc_alone_is_fenced_too():
     data = three(controllers=[{"name": "ctl1", "bmc": {"address": "10.2.0.1"}}])
     cmds = pcs.commands(pcs.parse(data))
-    assert by_verb(cmds, "stonith", "create", "ipmi-ctl1") and ["property", "set", "stonith-enabled=true"] in cmds
+    assert by_verb(cmds, "stonith", "create", "ipmi-ctl1") and ["property", "set", "stonith-enabled=true", "concurrent-fencing=true"] in cmds
 
 
 def test_several_controllers_without_bmcs_are_warned_about():

@@ -63,6 +63,7 @@ PRIORITIES: dict[str, str] = {
     c.INSTANCE_GUEST_LEFT_DOWN: "ERROR",        # a crash-looping guest left stopped: an operator must look
     c.HOST_MAINTENANCE: "INFO",                 # an operator verb's step (the operator is at the keyboard)
     c.INSTANCE_MAINTENANCE: "INFO",
+    c.HOST_ISOLATED: "INFO",                    # a cut-off node took itself out; its recovery follows as usual
 }
 BACKOFF = (0.5, 10.0)           # seconds: first pause after a failure, and the longest
 POLL = 0.25                     # seconds: how often an idle drainer looks for events other processes appended

@@ -38,10 +38,11 @@ INSTANCE_GUEST_FAILED = "crashup.instance.guest_failed"
 INSTANCE_GUEST_LEFT_DOWN = "crashup.instance.guest_left_down"
 HOST_MAINTENANCE = "crashup.host.maintenance"              # a step of crashup drain/undrain/evacuate on a host
 INSTANCE_MAINTENANCE = "crashup.instance.maintenance"      # a server moved, stopped, started or rebuilt by a verb
+HOST_ISOLATED = "crashup.host.isolated"                    # a cut-off node's guard took it out (docs/isolation.md)
 TYPES: tuple[str, ...] = (HOST_FAILED, HOST_RECOVERED, HOST_STORM, HOST_FENCING_UNCONFIRMED, INSTANCE_EVACUATED,
                           INSTANCE_EVACUATION_FAILED, INSTANCE_REPAIRED, RESOURCE_STALE_RECOVERED,
                           RESOURCE_STALE_UNRECOVERABLE, RESOURCE_ORPHANED, INSTANCE_GUEST_FAILED,
-                          INSTANCE_GUEST_LEFT_DOWN, HOST_MAINTENANCE, INSTANCE_MAINTENANCE)
+                          INSTANCE_GUEST_LEFT_DOWN, HOST_MAINTENANCE, INSTANCE_MAINTENANCE, HOST_ISOLATED)
 
 # nova's numeric power states (nova/compute/power_state.py) -> the names events carry
 POWER_STATES = {0: "nostate", 1: "running", 3: "paused", 4: "shutdown", 6: "crashed", 7: "suspended"}

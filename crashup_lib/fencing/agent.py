@@ -202,10 +202,11 @@ class FenceAgent:
         longs += [o.obsoletes.replace("_", "-") + ("" if o.type == "boolean" else "=")
                   for o in self.options if o.obsoletes]
         longs += ["help", "version"]
+        self._register_argv_secrets(argv)
         try:
             pairs, rest = getopt.gnu_getopt(argv, shorts + "hV", longs)
-        except getopt.GetoptError as e:
-            raise FenceError(f"Parse error: {log.one_line(_escaped(e.msg), 120)}") from None
+        except getopt.GetoptError as e:      # its message quotes an argument, which may be (or hold) the password
+            raise FenceError(f"Parse error: {log.one_line(log.redact(_escaped(e.msg)), 120)}") from None
         if rest:                 # not quoted: `-o -p secret` leaves the password there, never registered
             warn(f"{len(rest)} unused argument(s) on the command line, ignored")
         entries = []                           # (option, value); option None: value is the action help/version
@@ -228,6 +229,22 @@ class FenceAgent:
                      f"give it on stdin, or use password_file or password_script")
             raw[option.name] = value
         return raw
+
+    def _register_argv_secrets(self, argv: list[str]) -> None:
+        """The values of secret options on a command line, registered before getopt may quote one in an error:
+        `-p X`, `-pX`, `--password X`, `--password=X` and getopt's unique prefixes (`--pass X`)."""
+        secret = [o for o in self.options if o.secret]
+        shorts = {f"-{o.short}" for o in secret if o.short}
+        longs = [f"--{name}" for o in secret for name in (o.longopt, (o.obsoletes or "").replace("_", "-")) if name]
+        for arg, following in zip(argv, [*argv[1:], ""]):
+            head, eq, value = arg.partition("=")
+            if arg in shorts or (arg.startswith("--") and not eq and len(arg) > 3
+                                 and any(name.startswith(arg) for name in longs)):
+                log.register_secret(following)
+            elif arg[:2] in shorts and len(arg) > 2:
+                log.register_secret(arg[2:])
+            elif eq and head.startswith("--") and len(head) > 3 and any(name.startswith(head) for name in longs):
+                log.register_secret(value)
 
     def _register_secrets(self, pairs) -> None:
         """Before anything is checked or warned about: no message may quote a secret that redact does not know."""

@@ -15,6 +15,7 @@ import signal
 import threading
 
 from crashup_lib import cinder, events, log, metrics, nova, pacemaker
+from crashup_lib.maintenance import rejuvenate_steps
 from crashup_lib.presence import RECOVERY, Presence
 from crashup_lib.recovery.pipeline import Recovery
 
@@ -90,6 +91,8 @@ class Daemon:
         self.metrics = metrics.Exporter.from_config(self.cfg)
         if self.metrics is not None:
             self.metrics.start()                  # its own threads: the watch only hands it the requests
+        # rejuvenation_interval: the periodic roll in a thread of its own (a roll never delays the watch)
+        self.rejuvenation = rejuvenate_steps.start_periodic(self.cfg, self.cluster, self.emitter(), self.stop_event)
         try:
             self._watch()
         finally:
@@ -120,6 +123,18 @@ class Daemon:
         LOG.info("recovery daemon stopped")
 
     def tick(self) -> None:
+        """One look at the CIB. Quorum is asked only when there is something to act on: an idle tick is one query
+        (the requests), whatever the fleet's size (the CIB manager filters them: pacemaker.survey)."""
+        found, lagging = self.cluster.survey()
+        if self.metrics is not None:
+            self.metrics.requests_seen(found)
+        # a lag seen twice in a row is a writer that stopped between its two writes, not one still writing
+        stuck = [req for req in lagging if req in self.lagging]
+        self.lagging = set(lagging)
+        idle = [node for node, req in found.items()
+                if req.open and (node not in self.workers or not self.workers[node].is_alive())]
+        if not (stuck or idle or self.inquorate):
+            return
         if not self.cluster.quorate():            # cut off: the majority's daemon recovers; Pacemaker stops this one
             if not self.inquorate:
                 LOG.warning("no quorum: acting on no recovery request until the cluster is whole again")
@@ -128,22 +143,15 @@ class Daemon:
         if self.inquorate:
             LOG.info("quorum back: watching recovery requests again")
         self.inquorate = False
-        found, lagging = self.cluster.survey()
-        if self.metrics is not None:
-            self.metrics.requests_seen(found)
-        # a lag seen twice in a row is a writer that stopped between its two writes, not one still writing
-        for req in lagging:
-            if req in self.lagging:
-                LOG.info("%s: state mirror set to %s (a writer stopped between its two writes)", req.node, req.state)
-                self.cluster.write_state_mirror(req)
-        self.lagging = set(lagging)
-        for node, req in found.items():
-            worker = self.workers.get(node)
-            if req.open and (worker is None or not worker.is_alive()):
-                LOG.info("%s: open recovery request (%s, %s): starting its pipeline", node, req.state, req.mode)
-                worker = threading.Thread(target=self._work, args=(node,), name=f"recover-{node}", daemon=True)
-                self.workers[node] = worker
-                worker.start()
+        for req in stuck:
+            LOG.info("%s: state mirror set to %s (a writer stopped between its two writes)", req.node, req.state)
+            self.cluster.write_state_mirror(req)
+        for node in idle:
+            req = found[node]
+            LOG.info("%s: open recovery request (%s, %s): starting its pipeline", node, req.state, req.mode)
+            worker = threading.Thread(target=self._work, args=(node,), name=f"recover-{node}", daemon=True)
+            self.workers[node] = worker
+            worker.start()
 
     def _work(self, node: str) -> None:
         """Run the node's pipeline until its request is closed; errors are retried, never dropped."""

@@ -21,7 +21,7 @@ from crashup_lib import events, hostmap, log, pacemaker
 from crashup_lib.nova import evacuate_microversion
 from crashup_lib.pacemaker import Hold, RecoveryRequest
 from crashup_lib import plan as planning
-from crashup_lib import repair
+from crashup_lib import repair, storm
 from crashup_lib.recovery import storage
 from crashup_lib.recovery.evacuate import FAILED_MIGRATION, Evacuator, Result, _ts
 
@@ -85,7 +85,7 @@ class Recovery:
             self._emit(events.HOST_FAILED, host, self._failed_payload(req, host, servers, repairs))
             req = self._save(req.moved_to("recovering", NOTIFIED, Hold.NOTIFIED))
             return Progress(req, True, f"{req.node}: {len(servers)} instances handed to the operator (notify mode)")
-        storm = self._storm(req)
+        storm = None if req.forced else self._storm(req)      # the operator's --force is for this incident
         if storm:
             self._emit(events.HOST_STORM, host, storm)
             req = self._save(req.moved_to("recovering", STORM, Hold.STORM))
@@ -145,12 +145,13 @@ class Recovery:
         failed = sorted(r.node for r in self.cluster.requests().values()
                         if r.open and now - r.fenced_at <= window)
         computes = [n for n in self.cluster.nodes() if n.type == "remote"]
-        limit_fraction = self.cfg.storm_max_fraction * max(1, len(computes))
-        if len(failed) > self.cfg.storm_max_hosts or len(failed) > limit_fraction:
-            return {"hosts": failed, "window_s": window,
-                    "limit": min(self.cfg.storm_max_hosts, int(limit_fraction)),
-                    "action": "evacuation stopped"}
-        return None
+        found = storm.decide(failed, len(computes), storm.Limits(
+            self.cfg.storm_max_hosts, self.cfg.storm_max_fraction, self.cfg.storm_max_domains,
+            self.cfg.storm_domains))
+        if found is None:
+            return None
+        return {"hosts": list(found.hosts), "window_s": window, "limit": found.limit, "action": "evacuation stopped",
+                **({"domains": list(found.domains)} if found.domains else {}), "reason": found.reason}
 
     def _repair_volumes(self, host: str, found: dict, servers, fenced_at: float) -> None:
         """Volumes the fenced host left attaching/detaching, set so that nova's evacuation can attach them anew.

@@ -12,7 +12,8 @@ def main(argv=None) -> int:
                                 description="crashup's local lab: Pacemaker, nova, cinder, BMCs, RabbitMQ")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="bring the whole lab up")
-    up.add_argument("--nodes", type=int, default=topology.DEFAULT_NODES, choices=range(1, 7), metavar="1-6")
+    up.add_argument("--nodes", type=int, default=topology.DEFAULT_NODES, choices=range(1, topology.MAX_NODES + 1),
+                    metavar=f"1-{topology.MAX_NODES}")
     up.add_argument("--controllers", type=int, default=1, choices=(1, 3, 5),
                     help="1: ctl1 on the host (default); 3 or 5: each in its own namespaces, fenced by its BMC")
     up.add_argument("--guests", action="store_true",
@@ -20,6 +21,9 @@ def main(argv=None) -> int:
                          "lab:guest=qemu are qemu domains (tests/lab/guests.py)")
     up.add_argument("--guest-monitor", action="store_true",
                     help="--guests, and crashup's guest monitor (crashup guests --daemon) cloned on every compute node")
+    up.add_argument("--isolation", action="store_true",
+                    help="the inventory's isolation section (lab.LAB_ISOLATION): the isolation guard's clone and the "
+                         "fallback fencing level fence_crashup_isolation (docs/isolation.md)")
     sub.add_parser("down", help="stop everything and remove what the lab made (logs stay)")
     sub.add_parser("status", help="cluster, BMC, bus, cinder and nova state")
     crm = sub.add_parser("crm", help="run a command inside a controller (several controllers): crm ctl2 -- crm_mon -1")
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
             print(f"lab up: {'ctl1' if args.controllers == 1 else f'{args.controllers} controllers'} + {args.nodes} "
                   "compute nodes")
             t = lab.up(args.nodes, controllers=args.controllers, guests=args.guests,
-                       guest_monitor=args.guest_monitor)
+                       guest_monitor=args.guest_monitor, isolation=args.isolation)
             print(f"lab up in {t.total:.1f}s; export OS_CLIENT_CONFIG_FILE={lab.CLOUDS_YAML} (cloud {lab.CLOUD})")
         elif args.command == "down":
             print("lab down")

@@ -35,7 +35,7 @@ from tests.lab.netns import BASE_ENV, LabError, alive, proc_name, read_record, s
 
 STATE = topology.RUN_DIR / "controllers.json"
 CTL_DIR = topology.RUN_DIR / "ctl"
-BMC_BASE_PORT = 6240                      # ctlN's BMC: the bridge's host address, port BMC_BASE_PORT + N
+BMC_BASE_PORT = 6290                      # ctlN's BMC: the bridge's host address, port BMC_BASE_PORT + N
 BOOT_SECONDS = 3.0                        # a "reboot" by the BMC: down this long before the node boots again
 TOKEN_MS = 1000
 #: the lab inventory's controller_fence_delay: a cut-off controller has lost quorum (~4 s with TOKEN_MS) and stopped
@@ -353,7 +353,7 @@ def _start_forwarder(ctls: list[Controller]) -> None:
     ready.unlink(missing_ok=True)
     spec.write_text(json.dumps({"ready": str(ready),
         "controllers": [{"netns": f"/run/netns/{c.netns}", "veth": c.veth_host} for c in ctls],
-        "tcp": [topology.BUS_PORT], "udp": [topology.BMC_BASE_PORT + i for i in range(1, 7)]}))
+        "tcp": [topology.BUS_PORT], "udp": [topology.BMC_BASE_PORT + i for i in range(1, topology.MAX_NODES + 1)]}))
     rec = spawn("ctlfwd", [sys.executable, "-m", "tests.lab.ctlfwd", str(spec)],
                 env=dict(BASE_ENV, PYTHONPATH=str(topology.REPO)),
                 log_path=topology.LOG_DIR / "ctlfwd.log")

@@ -356,6 +356,19 @@ def guest_options(state: dict | None = None) -> dict[str, str]:
     return {k: v for k, v in wanted.items() if k in config.BY_NAME}
 
 
+#: the lab's isolation settings (`up(isolation=True)`, `python -m tests.lab up --isolation`): short, so that the
+#: fallback level's wait (timing.deadline + margin: 1 + 3 + 10 + 10 + 5 = 29 s) fits a test
+LAB_ISOLATION = {"enabled": "yes", "isolation_timeout": "10", "probe_interval": "1", "probe_timeout": "3",
+                 "action_timeout": "10", "margin": "5"}
+
+
+def isolation_options(state: dict | None = None) -> dict[str, str]:
+    """The inventory's `isolation:` section of a lab brought up with isolation (state: lab.json's, default the
+    running lab's): the guard's clone and the fallback fencing level (docs/isolation.md)."""
+    state = read_state() if state is None else state
+    return dict(state["isolation"]) if state.get("isolation") else {}
+
+
 def inventory(lab_nodes: list[Node], mode: str = "auto", state: dict | None = None) -> dict:
     """The lab as an operator's inventory (pcs-templates/README.md): every end-to-end test runs on the Pacemaker
     configuration and crashup.conf that `crashup pcs render` makes of it. Shorter intervals than production's.
@@ -369,19 +382,22 @@ def inventory(lab_nodes: list[Node], mode: str = "auto", state: dict | None = No
         "controllers": several or [topology.CONTROLLER],
         "bmc_defaults": {"user": topology.BMC_USER, "password_file": str(bmc_password_file())},
         "computes": [{"name": n.name, "nova_host": n.nova_host, "remote_address": n.address,
-                      "bmc": {"address": topology.BMC_ADDR, "port": n.bmc_port}} for n in lab_nodes],
+                      "bmc": {"address": topology.BMC_ADDR, "port": n.bmc_port}, "failure_domain": n.rack}
+                     for n in lab_nodes],
         "crashup": {"config_file": str(CRASHUP_CONF), "state_dir": str(DAEMON_DIR)},
         "openstack": {"cloud": CLOUD, "clouds_file": str(CLOUDS_YAML), "interface": "public", "api_timeout": 20},
         "recovery": {"mode": mode},
         "events": {"journal": str(JOURNAL), **bus_options()},
         **({"guests": guest} if guest else {}),
+        **({"isolation": isolation} if (isolation := isolation_options(state)) else {}),
         "nova_compute": {"backend": "command", "start_command": f"{ctl} start {{host}}",
                          "stop_command": f"{ctl} stop {{host}}", "status_command": f"{ctl} status {{host}}",
                          "heartbeat_cache": 5},
         "tuning": {"remote_monitor_interval": 5, "remote_monitor_timeout": 10, "remote_reconnect_interval": 5,
                    "remote_start_timeout": 20, "crashup_monitor_interval": 5, "nova_compute_monitor_interval": 5,
                    "nova_compute_failure_timeout": 20,
-                   **({"controller_fence_delay": ctl_cluster.LAB_FENCE_DELAY} if several else {})},
+                   **({"controller_fence_delay": ctl_cluster.LAB_FENCE_DELAY} if several else {}),
+                   **(read_state() if state is None else state).get("tuning", {})},
     }
 
 
@@ -404,7 +420,8 @@ def all_started(st) -> bool:
 # --- up / down ----------------------------------------------------------------------------------------------------------
 
 def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: int = 1,
-       guests: bool = False, guest_monitor: bool = False) -> Timeline:
+       guests: bool = False, guest_monitor: bool = False, isolation: bool | dict = False,
+       tuning: dict | None = None) -> Timeline:
     """Bring the whole lab up; idempotent only in the sense that a running lab is refused, never adopted.
     controllers > 1: that many controllers, each in its own namespaces (tests/lab/controllers.py), instead of ctl1
     on the host. guests: real guests possible (tests/lab/guests.py): a libvirtd per compute node, the nova box's
@@ -414,6 +431,10 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: in
     guests = guests or guest_monitor
     guest_state = {"guests": True, "libvirt_uri": libvirtd.uri_template(), "guest_monitor": guest_monitor,
                    "bus_bridge_address": topology.BRIDGE_ADDR} if guests else {}
+    if isolation:              # the isolation guard's clone and the fallback fencing level, LAB_ISOLATION's timings
+        guest_state["isolation"] = dict(LAB_ISOLATION, **(isolation if isinstance(isolation, dict) else {}))
+    if tuning:                 # the inventory's tuning over the lab's own (bench/silent.py: production's timings)
+        guest_state["tuning"] = dict(tuning)
     if read_state() or ctl_cluster.read_state():
         raise LabError(f"a lab is already up ({STATE_FILE}); run `python -m tests.lab down` first")
     why = rabbitmq.available()
@@ -466,8 +487,12 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: in
 
     def start_nova():
         try:
+            # many fake computes in nova's one process, on a busy machine: their heartbeats (a database write
+            # each) come late, and a compute "not heard from" is refused by the scheduler; rarer and more lenient
+            big = len(lab_nodes) > 6
             box.start(hosts=[n.nova_host for n in lab_nodes], state_dir=NOVA_STATE, log_file=LOG_DIR / "nova.log",
-                      extra_args=["--cinder-url", topology.cinder_url(), *guest_args])
+                      extra_args=["--cinder-url", topology.cinder_url(), *guest_args],
+                      report_interval=5 if big else 2, service_down_time=30 if big else 6)
         except BaseException as e:                       # reported in the main thread
             nova_error.append(e)
     nova_thread = threading.Thread(target=start_nova, name="nova-start")
@@ -520,7 +545,10 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: in
         pacemaker.wait_for(lambda st: all_online(lab_nodes)(st) and "crashup" in st.resources and all_started(st)
                            and all(compute_running(st, n) for n in lab_nodes)
                            and (not guest_monitor or all(clone_running(st, GUEST_MONITOR, n) for n in lab_nodes)),
-                           90 if controllers == 1 else 120, "every compute node online, every resource started")
+                           # Pacemaker runs a few actions at once (batch-limit: twice the cores), so every node
+                           # beyond the usual three adds its connection, probes and starts to the queue
+                           (90 if controllers == 1 else 120) + 8 * max(0, count - topology.DEFAULT_NODES),
+                           "every compute node online, every resource started")
         t.mark("every compute node online, every fence device and crashup's recovery daemon started")
     except BaseException:
         cinder_thread.join()                             # no cinder process may start after this fails (`lab down`)
@@ -635,9 +663,10 @@ FAILURES = ("crash", "net", "power")
 
 
 def fail(n: Node, how: str) -> None:
-    """crash: the host dies with its guests (remoted and nova-compute gone, the BMC still says ON);
-    net: the host is cut off silently (link down; nova-compute's heartbeats stop, its guests run on);
-    power: its BMC powers it off (the power hook takes it down)."""
+    """crash: the host dies with its guests (remoted and nova-compute gone, the BMC still says ON); its kernel closes
+    remoted's connection, so Pacemaker hears of it at once;
+    net: the host is cut off silently (link down, no TCP reset; nova-compute's heartbeats stop, its guests run on);
+    power: its BMC powers it off, a silent power loss (the power hook takes the link first, then the host)."""
     if how == "crash":
         pacemaker.kill_remoted(n)
         netns.kill_in_node(n, CRASHUP_DAEMON)

@@ -44,6 +44,8 @@ BUS_EPMD_PORT = 4370                     # the broker's own epmd
 BUS_VHOST = "crashup"
 BUS_USER = "crashup"
 DEFAULT_NODES = 3
+RACK_SIZE = 8
+MAX_NODES = 24                           # addresses .11-.34, BMC ports 6231-6254 (controllers' BMCs: 6291-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,10 @@ class Node:
     @property
     def bmc_port(self) -> int:
         return BMC_BASE_PORT + self.index
+
+    @property
+    def rack(self) -> str:               # its failure domain: racks of RACK_SIZE nodes
+        return f"rack{(self.index - 1) // RACK_SIZE + 1}"
 
 
 def nodes(count: int = DEFAULT_NODES) -> list[Node]:
