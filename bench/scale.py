@@ -58,7 +58,8 @@ def synthetic() -> None:
           f"request) vs. before (the whole nodes section)")
     print(f"{'nodes':>6} {'now ms':>8} {'bytes':>7} {'parse ms':>9} {'before ms':>10} {'bytes':>7} {'parse ms':>9} "
           f"{'ratio tool':>11} {'ratio parse':>12}")
-    now_argv = ["cibadmin", "--query", "--xpath", pacemaker._REQUEST_NODES]
+    now_argv = ["cibadmin", "--query", "--xpath", pacemaker.nodes_carrying(
+        (pacemaker.REQUEST_ATTRIBUTE, pacemaker.STATE_ATTRIBUTE))]
     with tempfile.TemporaryDirectory() as tmp:
         for size in SIZES:
             path = pathlib.Path(tmp) / f"cib-{size}.xml"

@@ -112,7 +112,7 @@ def _maintenance(args) -> int:
     from crashup_lib.maintenance import common, drain, evacuate_host, rejuvenate_steps, restore
     cfg = _load(args)
     emitter = None if args.dry_run else events.Emitter.from_config(cfg)
-    cluster = rejuvenate_steps.RollCluster() if args.command == "rejuvenate" else pacemaker.Cluster()
+    cluster = pacemaker.Cluster()
     ctx = common.Context(cfg, nova.Nova.from_config(cfg), cluster, emitter)
     try:
         if args.command == "rejuvenate":

@@ -132,24 +132,40 @@ def _xml(text: str, what: str) -> ET.Element:
 
 # --- recovery requests -----------------------------------------------------------------------------------------------
 
-#: only the nodes that carry a request: the CIB manager filters (in C), so what this process reads and parses every
-#: watch tick is the size of the open work, not of the fleet (1,000 nodes: 208 KB for the whole nodes section)
-_REQUEST_NODES = (f"/cib/configuration/nodes/node[instance_attributes/nvpair"
-                  f"[@name='{REQUEST_ATTRIBUTE}' or @name='{STATE_ATTRIBUTE}']]")
 _NO_MATCH = 105                    # cibadmin's exit code when an XPath matches nothing (ENXIO)...
 
 
-def _matched_or_none(done: subprocess.CompletedProcess) -> bool:
-    """...and also when a CIB file (CIB_file) cannot be opened: that one says it could not connect, and must stay an
-    error (a reader that took it for "no request" would let nova-compute start under an open recovery)."""
-    return done.returncode == 0 or (done.returncode == _NO_MATCH and not done.stdout.strip()
-                                    and "Could not connect" not in done.stderr and "Init failed" not in done.stderr)
+#: a query that matches in every CIB: what tells "no match" from "no CIB" when an XPath query exits 105
+_ALWAYS = ["cibadmin", "--query", "--xpath", "/cib/configuration/nodes", "--no-children"]
 
 
-def _attributes(timeout: float) -> dict[str, dict[str, str]]:
-    """crashup's persistent node attributes, {node: {name: value}}, from one query of the CIB's nodes that carry
-    one (a single match comes bare, several inside <xpath-query>, none is exit 105)."""
-    text = _run(["cibadmin", "--query", "--xpath", _REQUEST_NODES], timeout, accept=_matched_or_none)
+def _matched_or_none(done: subprocess.CompletedProcess, timeout: float) -> bool:
+    """...and also when the CIB (a CIB_file) cannot be opened, which must stay an error (a reader that took it for
+    "no request" would let nova-compute start under an open recovery): exit 105 counts as "none" only when a query
+    that always matches then succeeds, not by reading the tool's words."""
+    if done.returncode == 0:
+        return True
+    if done.returncode != _NO_MATCH or done.stdout.strip():
+        return False
+    try:
+        return subprocess.run(_ALWAYS, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def nodes_carrying(names: tuple[str, ...]) -> str:
+    """The XPath of the CIB's nodes that carry one of the persistent attributes `names` (crashup's own: plain)."""
+    wanted = " or ".join(f"@name='{n}'" for n in names)
+    return f"/cib/configuration/nodes/node[instance_attributes/nvpair[{wanted}]]"
+
+
+def _attributes(names: tuple[str, ...], timeout: float) -> dict[str, dict[str, str]]:
+    """Persistent node attributes `names` (crashup's own: plain names, no quotes), {node: {name: value}}, from one
+    query of only the nodes that carry one: the CIB manager filters (in C), so what this process reads and parses
+    every watch tick is the size of the open work, not of the fleet (1,000 nodes: 208 KB for the whole nodes
+    section). A single match comes bare, several inside <xpath-query>, none is exit 105."""
+    text = _run(["cibadmin", "--query", "--xpath", nodes_carrying(names)], timeout,
+                accept=lambda done: _matched_or_none(done, timeout))
     if not text.strip():
         return {}
     root = _xml(text, "cibadmin --query --xpath")
@@ -157,7 +173,7 @@ def _attributes(timeout: float) -> dict[str, dict[str, str]]:
     for node in root.iter("node"):
         name = node.get("uname") or node.get("id")
         for nvpair in node.iter("nvpair"):
-            if nvpair.get("name") in (REQUEST_ATTRIBUTE, STATE_ATTRIBUTE):
+            if nvpair.get("name") in names:
                 found.setdefault(name, {})[nvpair.get("name")] = nvpair.get("value", "")
     return found
 
@@ -166,7 +182,7 @@ def survey(timeout: float = 15.0) -> tuple[dict[str, RecoveryRequest], list[Reco
     """Every node's recovery request, and those whose state mirror lags (a writer stopped between its two
     writes): the daemon puts those right."""
     found, lagging = {}, []
-    for name, attrs in _attributes(timeout).items():
+    for name, attrs in _attributes((REQUEST_ATTRIBUTE, STATE_ATTRIBUTE), timeout).items():
         if REQUEST_ATTRIBUTE in attrs:
             req = found[name] = RecoveryRequest.from_value(name, attrs[REQUEST_ATTRIBUTE])
             if attrs.get(STATE_ATTRIBUTE) != req.state:
@@ -346,6 +362,40 @@ def nodes(timeout: float = 15.0) -> list[Node]:
 
 # --- the cluster as one object ---------------------------------------------------------------------------------------
 
+# --- clone instances and node attributes (rejuvenation) ------------------------------------------------------------
+
+def node_attribute(name: str, timeout: float = 15.0) -> dict[str, str]:
+    """{node: value} of the persistent node attribute `name`."""
+    return {node: attrs[name] for node, attrs in _attributes((name,), timeout).items()}
+
+
+def set_node_attribute(node: str, name: str, value: str | None, timeout: float = 15.0) -> None:
+    """Write (None: delete) a persistent node attribute."""
+    change = ["--delete"] if value is None else ["--update", value]
+    _run(["crm_attribute", "--type", "nodes", "--node", node, "--name", name, *change, "--lifetime", "forever"],
+         timeout)
+
+
+def running_on(resource: str, timeout: float = 15.0) -> set[str]:
+    """The nodes where `resource` (a clone) has an active instance (crm_resource --locate)."""
+    root = _xml(_run(["crm_resource", "--locate", "--resource", resource, "--output-as=xml"], timeout),
+                "crm_resource --locate")
+    return {el.text.strip() for el in root.iter("node") if el.text and el.text.strip()}
+
+
+def restart(resource: str, node: str, wait: float) -> None:
+    """Restart the clone's instance on `node` (a ban, the stop, the ban cleared, the start); returns once the start
+    is scheduled, not done (Pacemaker 2.1.5)."""
+    _run(["crm_resource", "--restart", "--resource", resource, "--node", node, "--timeout", f"{int(wait)}s"],
+         2 * wait + 30)
+
+
+def clear_ban(resource: str, node: str, timeout: float = 30.0) -> None:
+    """The ban a restart left (none: nothing to do; 105 is "no such object")."""
+    _run(["crm_resource", "--clear", "--resource", resource, "--node", node], timeout,
+         accept=lambda done: done.returncode in (0, _NO_MATCH))
+
+
 class Cluster:
     """What the recovery daemon and pipeline ask of the cluster, as one object they are given (as they are given
     nova): this module's functions with their default time bounds. Tests give them tests/fakes.py's FakeCluster."""
@@ -382,3 +432,18 @@ class Cluster:
 
     def request_fencing(self, node: str) -> None:
         request_fencing(node)
+
+    def node_attribute(self, name: str) -> dict[str, str]:
+        return node_attribute(name)
+
+    def set_node_attribute(self, node: str, name: str, value: str | None) -> None:
+        set_node_attribute(node, name, value)
+
+    def running_on(self, resource: str) -> set[str]:
+        return running_on(resource)
+
+    def restart(self, resource: str, node: str, wait: float) -> None:
+        restart(resource, node, wait)
+
+    def clear_ban(self, resource: str, node: str) -> None:
+        clear_ban(resource, node)

@@ -157,7 +157,7 @@ def _isolation_guard(inv: Inventory) -> list[list[str]]:
     t, n = inv.tuning, inv.nova_compute
     clone = f"{ISOLATION}-clone"
     settings = {k: v for k, v in isolation_timing.values(inv.isolation).items()
-                if k not in ("enabled", "margin") and v != ""}
+                if k in isolation_timing.GUARD and v != ""}
     service = [f"nova_compute_unit={n.unit}"] if n.backend == "systemd" else [
         f"nova_compute_stop_command={n.stop_command}", f"nova_compute_status_command={n.status_command}"]
     cmds = [["resource", "create", ISOLATION, "ocf:crashup:crashup", "daemon=isolation", f"config={inv.config_file}",

@@ -192,6 +192,8 @@ def assert_clean(raw, warnings):
 @given(argvs)
 @example([f"--{PASSWORD}--"])                       # getopt quoted it in its error before anything was registered
 @example(["--pass", PASSWORD + "x", f"--{PASSWORD}x"])
+@example(["-vp", PASSWORD + "y", f"--{PASSWORD}y--"])              # a cluster of short options, as getopt reads it
+@example([f"-vp{PASSWORD}z", f"--{PASSWORD}z--"])
 def test_argv_parser_returns_clean_text_or_one_fence_error(argv):
     warnings = []
     try:

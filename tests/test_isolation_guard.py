@@ -191,3 +191,121 @@ def test_pcs_renders_the_guard_clone_with_the_inventorys_settings_only_when_enab
     assert not any(a.startswith(("margin=", "enabled=", "watchdog=")) for a in create)
     assert guard[1][:4] == ["constraint", "location", "add", "crashup-isolation-not-on-ctl1"]
     assert not [c for c in pcs.commands(parse(text)) if "crashup-isolation" in " ".join(c)]
+
+
+def test_a_guard_that_cannot_act_says_why_and_does_not_start(tmp_path, monkeypatch, capsys):
+    from crashup_lib import config
+    from crashup_lib.isolation import guard
+    svc, _ = service(tmp_path)
+    which = lambda name: "/usr/bin/virsh"
+    assert act.ready(svc, "qemu:///system", 1, lister=Libvirt({U1: 1}).list, which=which) == ""
+    assert "virsh not found" in act.ready(svc, "qemu:///system", 1, lister=Libvirt({}).list, which=lambda n: None)
+    broken = LocalService("nova-compute", ["/nonexistent/ctl"], ["/nonexistent/ctl"], ["true"])
+    assert "/nonexistent/ctl not found" in act.missing(broken, which=which)
+    why = act.ready(svc, "qemu:///system", 0.5, lister=Libvirt({}, down=True).list, which=which)
+    assert why.startswith("the guests could not be listed: ") and "no answer within 0.5s" in why
+    ran = []
+    monkeypatch.setattr(Guard, "run", lambda self, beat=None: ran.append(self))
+    monkeypatch.setattr(guard.log, "setup", lambda *a, **k: None)
+    rc = guard.main(config.load(None, env={}), Settings(enabled=True), node="n", host="h", service=broken,
+                    libvirt_uri="test:///default", state_dir=str(tmp_path))
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("crashup: ")]  # not the log's
+    assert rc == 1 and ran == [] and len(said) == 1, said
+    assert said[0].startswith("crashup: isolation guard not started: nova-compute could not be stopped: ")
+    assert not (tmp_path / "isolation.pid").exists()
+
+
+def test_the_agents_validate_all_refuses_an_isolation_guard_without_virsh(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    env = {"PATH": str(bin_dir), "OCF_ROOT": "/usr/lib/ocf", "OCF_RESKEY_daemon": "isolation",
+           "OCF_RESKEY_config": str(tmp_path / "none.conf"), "OCF_RESKEY_nova_compute_stop_command": "/bin/true stop",
+           "OCF_RESKEY_nova_compute_status_command": "/bin/true status", "HOME": str(tmp_path)}
+    agent = os.path.join(os.path.dirname(__file__), "..", "agents", "crashup")
+    run = lambda: subprocess.run([sys.executable, agent, "validate-all"], env=env, capture_output=True, text=True,
+                                 timeout=60)
+    done = run()
+    assert done.returncode == 5 and "virsh not found on PATH" in done.stderr and "Traceback" not in done.stderr
+    (bin_dir / "virsh").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "virsh").chmod(0o755)
+    done = run()
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_watchdog_refuses_a_driver_that_set_a_longer_timeout(tmp_path, monkeypatch):
+    from crashup_lib.isolation import watchdog
+    device = tmp_path / "watchdog0"                     # not a FIFO: the timeout ioctl is made
+    device.write_bytes(b"")
+    asked = []
+
+    def ioctl(fd, request, buf, mutate):
+        asked.append((request, buf[0], mutate))
+        buf[0] = driver[0]
+        return 0
+    monkeypatch.setattr(watchdog.fcntl, "ioctl", ioctl)
+    driver = [30]
+    w = Watchdog(str(device), 29.5)
+    w.open()
+    assert asked == [(watchdog.WDIOC_SETTIMEOUT, 30, True)] and w.fd is not None
+    w.close(disarm=True)
+    driver = [60]
+    with pytest.raises(WatchdogError, match="the driver set a 60s timeout, longer than the 30s asked for"):
+        w.open()
+    assert w.fd is None and device.read_bytes() == MAGIC_CLOSE         # disarmed again (written at offset 0)
+
+
+def test_the_guard_times_isolation_on_the_monotonic_clock_whatever_the_wall_clock_does(tmp_path):
+    import inspect
+    import time as time_module
+    assert inspect.signature(probe.timed).parameters["clock"].default is time_module.monotonic
+    g = Guard(Settings(enabled=True), node="n", host="h", service=None, libvirt_uri="test:///default",
+              state_dir=str(tmp_path))
+    assert g.clock is time_module.monotonic and g.wall is time_module.time
+    s = Settings(enabled=True, isolation_timeout=3, probe_interval=1, probe_timeout=1, action_timeout=2)
+    mono, wall, acted = [100.0], [5000.0], []
+
+    def prober(timeout):
+        started = mono[0]
+        mono[0] += 0.5
+        wall[0] -= 3600                                 # NTP steps the wall clock back an hour on every probe
+        return (probe.Answer.QUORATE if started < 100.4 else probe.Answer.NO_ANSWER), "cut", started, mono[0]
+    g = Guard(s, node="n", host="h", service=None, libvirt_uri="test:///default", state_dir=str(tmp_path),
+              prober=prober, isolate=lambda *a: acted.append(mono[0]) or act.Outcome("stopped"),
+              clock=lambda: mono[0], wall=lambda: wall[0], wait=lambda x: mono.__setitem__(0, mono[0] + x))
+    for _ in range(6):
+        g.step()
+    assert acted and acted[0] == pytest.approx(103.0)
+    view = json.loads((tmp_path / "isolation.json").read_text())
+    assert view["phase"] == "isolated" and view["at"] == wall[0]                # wall time, only for the view
+    assert view["at"] - view["since"] == pytest.approx(view["lost_for"], abs=0.1)
+
+
+def test_the_labs_hypervisor_sampling_skips_a_sample_libvirt_did_not_answer(monkeypatch):
+    """tests/e2e/test_isolation.py's Hypervisors: an error is no proof that nothing runs there."""
+    e2e = pytest.importorskip("tests.e2e.test_isolation")
+
+    class Error(Exception):
+        pass
+
+    class Conn:
+        def __init__(self, uuids):
+            self.uuids = uuids
+
+        def listAllDomains(self, flags):
+            if self.uuids is None:
+                raise Error("cannot recv data: Connection reset by peer")
+            return [type("D", (), {"UUIDString": lambda _, u=u: u})() for u in self.uuids]
+
+        def close(self):
+            pass
+    running = {"compute1": [U1], "compute2": None}
+    fake = type("libvirt", (), {"libvirtError": Error, "VIR_CONNECT_LIST_DOMAINS_ACTIVE": 1,
+                                "registerErrorHandler": staticmethod(lambda *a: None),
+                                "openReadOnly": staticmethod(lambda uri: Conn(running[uri.split("/")[-2]]))})
+    monkeypatch.setattr(e2e, "libvirt", fake)
+    hv = e2e.Hypervisors(["compute1", "compute2"])
+    hv.sample()                                         # compute2 does not answer: U1 may run there too
+    assert hv.samples == 0 and hv.active == {} and len(hv.errors) == 1 and hv.errors[0][1] == "compute2"
+    running["compute2"] = [U1]
+    hv.sample()
+    assert hv.samples == 1 and hv.doubles and hv.doubles[0][1:] == (U1, ["compute1", "compute2"])

@@ -29,7 +29,7 @@ LAYERS = {
     # services: what runs a job end to end
     "crashup_lib.recovery": 3, "crashup_lib.sweep": 3, "crashup_lib.pcs": 3,
     "crashup_lib.guests": 3,                # the node-side guest monitor (its kinds, policy, decide are pure)
-    "crashup_lib.maintenance": 3,           # the operator verbs: drain, undrain, evacuate, restore
+    "crashup_lib.maintenance": 3,           # the operator verbs: drain, undrain, evacuate, restore, rejuvenate
     "crashup_lib.isolation": 3,             # the node-side isolation guard (its decide is pure)
     "crashup_lib.isolation.timing": 0,      # its settings and deadline: the fallback fence agent imports them
     # the command

@@ -429,3 +429,127 @@ def test_a_resumed_node_that_is_then_skipped_keeps_no_mark():
     assert cluster.cleared == [(CLONE, "compute1")] and plan.MARK_ATTRIBUTE not in cluster.attrs["compute1"]
     assert ("compute1", "skipped") in steps_of(emitter) and [n for _, n, _ in cluster.restarts] == ["compute2",
                                                                                                    "compute3"]
+
+
+# --- review fixes: a rival's mark written meanwhile, the heartbeat's epoch, an interrupted command -----------------
+
+def test_a_daemon_mark_written_during_the_task_wait_is_waited_for_never_two_down():
+    ctx, clock, cluster, emitter = world([server("s1", host="compute1", task_state="rebooting")])
+    rival_down = []
+
+    def daemon_rolls():                     # the task ends as the daemon's roll begins compute3
+        if clock.now >= T0 + 4 and not rival_down:
+            ctx.nova._update("s1", task_state=None)
+            cluster.attrs["compute3"] = {plan.MARK_ATTRIBUTE: plan.mark(clock.now, plan.DAEMON)}
+            rival_down.append(clock.now)
+        if clock.now >= T0 + 30:
+            cluster.attrs.get("compute3", {}).pop(plan.MARK_ATTRIBUTE, None)
+    clock.on_sleep.append(daemon_rolls)
+    assert run(ctx, clock, "compute1") == 0
+    assert rival_down and cluster.restarts[0][2] >= T0 + 30             # not while the daemon's restart was on
+    assert steps_of(emitter)[-3:] == [("compute1", "restarting"), ("compute1", "restarted"),
+                                      ("compute1", "finished")]
+
+
+def test_of_two_marks_written_at_once_the_later_ones_roller_withdraws():
+    ctx, clock, cluster, _ = world(nodes=("compute1", "compute2"))
+    real_set = cluster.set_node_attribute
+
+    def set_attr(node, name, value):
+        real_set(node, name, value)
+        if name == plan.MARK_ATTRIBUTE and value and node == "compute1" and "compute2" not in cluster.attrs:
+            cluster.attrs["compute2"] = {plan.MARK_ATTRIBUTE: plan.mark(clock.now - 0.5, plan.DAEMON)}   # the earlier
+            clock.on_sleep.append(lambda: clock.now > T0 + 20 and cluster.attrs["compute2"].pop(
+                plan.MARK_ATTRIBUTE, None))
+    cluster.set_node_attribute = set_attr
+    assert run(ctx, clock, "compute1") == 0
+    assert [n for _, n, _ in cluster.restarts] == ["compute1"] and cluster.restarts[0][2] > T0 + 20
+
+
+def test_a_heartbeat_sent_during_the_stop_is_not_the_new_process_coming_back():
+    ctx, clock, cluster, emitter = world(nodes=("compute1",))
+
+    def restart(resource, node, wait):
+        cluster.restarts.append((resource, node, clock.now))
+        clock.now += 1
+        ctx.nova.beats[node] = iso(clock.now)      # the old process's last beat, while it stops
+        clock.now += 1                              # and the new one never starts
+    cluster.restart = restart
+    assert run(ctx, clock) == 1
+    assert ("compute1", "failed") in steps_of(emitter) and plan.DONE_ATTRIBUTE not in cluster.attrs["compute1"]
+
+
+def test_a_start_pacemaker_did_not_complete_is_not_restarted():
+    ctx, clock, cluster, emitter = world(nodes=("compute1",))
+    real_restart = cluster.restart
+
+    def restart(resource, node, wait):
+        real_restart(resource, node, wait)
+        cluster.running[CLONE].discard(node)        # nova saw a beat, but the start failed in Pacemaker
+    cluster.restart = restart
+    assert run(ctx, clock) == 1
+    failed = [e for e in emitter.seen if e["payload"]["step"] == "failed"]
+    assert failed and "not running on compute1" in failed[0]["payload"]["detail"]
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_command_clears_its_ban_and_mark_only_on_the_node_in_flight(interrupt):
+    ctx, clock, cluster, _ = world()
+    real_restart = cluster.restart
+
+    def restart(resource, node, wait):
+        if node == "compute2":
+            raise interrupt()
+        real_restart(resource, node, wait)
+    cluster.restart = restart
+    with pytest.raises(interrupt):
+        run(ctx, clock)
+    assert cluster.cleared == [(CLONE, "compute2")]
+    assert not any(plan.MARK_ATTRIBUTE in a for a in cluster.attrs.values())
+    ctx.cluster.restart = real_restart
+    assert run(ctx, clock, "compute2") == 0                               # a re-run is not refused
+
+
+def test_sigterm_mid_roll_exits_through_the_cleanup():
+    import os
+    import signal
+    ctx, clock, cluster, _ = world()
+    unhandled = []
+    before = signal.signal(signal.SIGTERM, lambda *_: unhandled.append(1))   # so a missing handler fails, not kills
+    real_restart = cluster.restart
+
+    def restart(resource, node, wait):
+        real_restart(resource, node, wait)
+        os.kill(os.getpid(), signal.SIGTERM)
+    cluster.restart = restart
+    try:
+        with pytest.raises(SystemExit) as got:
+            run(ctx, clock)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert unhandled == [] and got.value.code == 143
+    assert cluster.cleared == [(CLONE, "compute1")] and plan.MARK_ATTRIBUTE not in cluster.attrs["compute1"]
+
+
+def test_the_refusal_says_how_to_clean_up_by_hand():
+    ctx, clock, cluster, _ = world()
+    cluster.attrs["compute3"] = {plan.MARK_ATTRIBUTE: plan.mark(T0 - 10, plan.COMMAND)}
+    with pytest.raises(Refused) as got:
+        run(ctx, clock)
+    assert f"crm_resource --clear --resource {CLONE} --node compute3" in str(got.value)
+    assert f"--node compute3 --name {plan.MARK_ATTRIBUTE} --delete" in str(got.value)
+
+
+def test_periodic_backs_off_when_the_command_marks_a_node_during_its_task_wait():
+    ctx, clock, cluster, emitter = world([server("s1", host="compute1", task_state="rebooting")])
+    p = periodic(ctx, clock, cluster, emitter)
+
+    def command_rolls():
+        if clock.now >= T0 + 4 and "compute2" not in cluster.attrs:
+            ctx.nova._update("s1", task_state=None)
+            cluster.attrs["compute2"] = {plan.MARK_ATTRIBUTE: plan.mark(clock.now, plan.COMMAND)}
+        if clock.now >= T0 + 30:
+            cluster.attrs["compute2"].pop(plan.MARK_ATTRIBUTE, None)
+    clock.on_sleep.append(command_rolls)
+    assert p.step() is False and cluster.restarts == []                  # waited, then left it to the next pass
+    assert p.step() is True and cluster.restarts[0][1] == "compute1" and cluster.restarts[0][2] >= T0 + 30

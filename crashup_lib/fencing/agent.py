@@ -232,19 +232,25 @@ class FenceAgent:
 
     def _register_argv_secrets(self, argv: list[str]) -> None:
         """The values of secret options on a command line, registered before getopt may quote one in an error:
-        `-p X`, `-pX`, `--password X`, `--password=X` and getopt's unique prefixes (`--pass X`)."""
-        secret = [o for o in self.options if o.secret]
-        shorts = {f"-{o.short}" for o in secret if o.short}
-        longs = [f"--{name}" for o in secret for name in (o.longopt, (o.obsoletes or "").replace("_", "-")) if name]
+        `-p X`, `-pX`, clusters as getopt reads them (`-vp X`, `-vpX`), `--password X`, `--password=X` and
+        getopt's unique prefixes (`--pass X`)."""
+        secret = {o.short for o in self.options if o.secret and o.short}
+        valued = {o.short for o in self.options if o.short and o.type != "boolean"}
+        longs = [f"--{name}" for o in self.options if o.secret
+                 for name in (o.longopt, (o.obsoletes or "").replace("_", "-")) if name]
         for arg, following in zip(argv, [*argv[1:], ""]):
             head, eq, value = arg.partition("=")
-            if arg in shorts or (arg.startswith("--") and not eq and len(arg) > 3
-                                 and any(name.startswith(arg) for name in longs)):
-                log.register_secret(following)
-            elif arg[:2] in shorts and len(arg) > 2:
-                log.register_secret(arg[2:])
-            elif eq and head.startswith("--") and len(head) > 3 and any(name.startswith(head) for name in longs):
-                log.register_secret(value)
+            if arg.startswith("--"):
+                if len(head) > 3 and any(name.startswith(head) for name in longs):
+                    log.register_secret(value if eq else following)
+                continue
+            if not arg.startswith("-"):
+                continue
+            for i, letter in enumerate(arg[1:], 1):     # getopt: flags until one that takes a value, which is
+                if letter in valued:                    # the cluster's rest, or else the next argument
+                    if letter in secret:
+                        log.register_secret(arg[i + 1:] or following)
+                    break
 
     def _register_secrets(self, pairs) -> None:
         """Before anything is checked or warned about: no message may quote a secret that redact does not know."""

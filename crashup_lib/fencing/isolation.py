@@ -24,8 +24,7 @@ READ_TIMEOUT = 10.0         # one reading (crm_mon) at most
 #: the action's own deadline leaves this beyond the wait: the last reading, start-up, a loaded controller
 SLACK = 15.0
 #: the guard's settings that fix this level's wait: the fence device's parameters, named as the guard's
-TIMING = ("isolation_timeout", "probe_interval", "probe_timeout", "action_timeout", "watchdog", "watchdog_timeout",
-          "margin")
+TIMING = timing.FENCE
 
 
 class Link(enum.Enum):

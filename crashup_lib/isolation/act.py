@@ -10,12 +10,13 @@ twice.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 
 from crashup_lib import libvirt as lv
 from crashup_lib import localservice, log, proc
 from crashup_lib.isolation.timing import Policy
-from crashup_lib.localservice import LocalService, ServiceControlError
+from crashup_lib.localservice import LocalService, ServiceControlError, ServiceNotInstalled
 
 LOG = log.get("isolation")
 ACTIVE = (1, 2, 3, 7)            # running, blocked, paused, pmsuspended: a qemu process that holds the disks
@@ -86,6 +87,33 @@ def guests(uri: str, policy: Policy, remaining, *, lister=lv.list_domains, runne
     for uuid, why in failed.items():
         LOG.error("isolation: guest %s: %s", uuid, why)
     return Outcome("", tuple(stopped), tuple(failed.items()))
+
+
+def missing(service: LocalService | None, *, which=shutil.which) -> str:
+    """What the guard would lack to act, checked without running anything (one line), or "": virsh on PATH and
+    nova-compute's stop and status commands installed."""
+    if which("virsh") is None:
+        return "virsh not found on PATH: the guests could not be stopped"
+    try:
+        if service is not None:
+            service.check_installed()
+    except ServiceNotInstalled as e:
+        return f"nova-compute could not be stopped: {e}"
+    return ""
+
+
+def ready(service: LocalService | None, uri: str, timeout: float, *, lister=lv.list_domains,
+          which=shutil.which) -> str:
+    """missing(), then whether libvirt at `uri` lists its domains within `timeout` seconds: what stops the guard
+    from acting (one line), or "". A guard that cannot act must not start: the fallback fencing level counts on it."""
+    why = missing(service, which=which)
+    if why:
+        return why
+    try:
+        lister(uri, timeout)
+    except lv.LibvirtError as e:
+        return f"the guests could not be listed: {log.one_line(str(e), 200)}"
+    return ""
 
 
 def nova_compute(unit: str, stop_command: str = "", status_command: str = "", *, host: str,

@@ -5,6 +5,8 @@ Every probe_interval it asks whether a quorate cluster answers through this node
 nova-compute and destroys (or pauses) the guests, retried on every later look until all is done. The watchdog, when
 configured, is armed at start, petted only while healthy and disarmed on a clean stop. What the guard sees is kept
 in STATE_FILE in the state folder (for `crashup isolation`), its heartbeat beside it for the agent's monitor.
+The state machine runs on time.monotonic (an NTP step backwards must not delay isolation); wall time is only the
+view's `at` and `since`. main() refuses to start a guard that could not act (act.ready): Pacemaker's start fails.
 """
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import json
 import os
 import pathlib
 import signal
+import sys
 import threading
 import time
 
 from crashup_lib import events, log
+from crashup_lib import libvirt as lv
 from crashup_lib.isolation import STATE_FILE, act, decide, probe
 from crashup_lib.isolation.timing import Settings, deadline, values
 from crashup_lib.isolation.watchdog import Watchdog, WatchdogError
@@ -29,10 +33,11 @@ EMITTER_CLOSE = 5.0
 class Guard:
     def __init__(self, settings: Settings, *, node: str, host: str, service: LocalService | None, libvirt_uri: str,
                  state_dir: str, emitter=None, watchdog: Watchdog | None = None, prober=probe.timed,
-                 isolate=act.isolate, clock=time.time, wait=None):
+                 isolate=act.isolate, clock=time.monotonic, wall=time.time, wait=None):
         self.settings, self.node, self.host = settings, node, host
         self.service, self.uri, self.state_dir = service, libvirt_uri, state_dir
         self.emitter, self.watchdog, self.prober, self.isolate, self.clock = emitter, watchdog, prober, isolate, clock
+        self.wall = wall                                  # the view's times only; prober must use `clock`
         self.state = decide.start(clock())
         self.outcome: act.Outcome | None = None
         self.why = ""
@@ -119,10 +124,10 @@ class Guard:
 
     def view(self, now: float) -> dict:
         """What the guard sees, as `crashup isolation` prints it."""
-        o = self.outcome
+        o, at = self.outcome, self.wall()
         return {"node": self.node, "host": self.host, "phase": self.state.phase.value,
-                "answer": self.state.answer.value, "reason": self.why, "since": self.state.since,
-                "lost_for": round(self.state.lost_for(now), 1), "at": now, "deadline": deadline(self.settings),
+                "answer": self.state.answer.value, "reason": self.why, "since": at - (now - self.state.since),
+                "lost_for": round(self.state.lost_for(now), 1), "at": at, "deadline": deadline(self.settings),
                 "settings": values(self.settings), "watchdog_armed": self.watchdog is not None,
                 "outcome": None if o is None else {"nova_compute": o.nova_compute, "guests": list(o.stopped),
                                                    "failed": [list(f) for f in o.failed], "libvirt": o.problem}}
@@ -151,6 +156,11 @@ class Guard:
 def main(cfg, settings: Settings, *, node: str, host: str, service: LocalService | None, libvirt_uri: str,
          state_dir: str) -> int:
     log.setup("crashup-isolation", stderr=False, debug=cfg.debug)
+    why = act.ready(service, libvirt_uri, lv.OPEN_TIMEOUT)
+    if why:                        # on stderr too: the agent's start reports the daemon's last line
+        LOG.error("isolation guard not started: %s", why)
+        print(f"crashup: isolation guard not started: {why}", file=sys.stderr)
+        return 1
     emitter = events.Emitter.from_config(cfg, background=True)   # background: a cut-off webhook never blocks
     watchdog = Watchdog(settings.watchdog, settings.watchdog_timeout) if settings.watchdog else None
     guard = Guard(settings, node=node, host=host, service=service, libvirt_uri=libvirt_uri, state_dir=state_dir,

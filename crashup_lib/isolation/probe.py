@@ -29,8 +29,9 @@ def quorum(timeout: float, argv: tuple[str, ...] = COMMAND) -> tuple[Answer, str
     return Answer.NO_ANSWER, f"{argv[0]} exit {done.returncode}" + (f": {done.last_line()}" if done.last_line() else "")
 
 
-def timed(timeout: float, argv: tuple[str, ...] = COMMAND, clock=time.time) -> tuple[Answer, str, float, float]:
-    """quorum() with when it started and when it answered (the state machine measures from the start)."""
+def timed(timeout: float, argv: tuple[str, ...] = COMMAND, clock=time.monotonic) -> tuple[Answer, str, float, float]:
+    """quorum() with when it started and when it answered (the state machine measures from the start), on the
+    guard's clock: monotonic, so that a wall clock stepped back cannot delay isolation."""
     started = clock()
     answer, why = quorum(timeout, argv)
     return answer, why, started, clock()

@@ -38,6 +38,10 @@ class Settings:
 
 #: the settings by name, in the order of the agents' metadata
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+#: what the guard's clone is given (agents/crashup daemon=isolation), and what fixes the fallback level's wait (its
+#: fence device's parameters): both from here, so a new setting reaches both or neither
+GUARD = tuple(n for n in FIELDS if n not in ("enabled", "margin"))
+FENCE = tuple(n for n in FIELDS if n not in ("enabled", "policy"))
 _NUMBERS = {"isolation_timeout": (1, 3600), "probe_interval": (0.1, 600), "probe_timeout": (0.1, 600),
             "action_timeout": (1, 3600), "watchdog_timeout": (0, 3600), "margin": (0, 3600)}
 _NUMBER = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?")

@@ -8,10 +8,10 @@ the timeout ioctl is then skipped.
 """
 from __future__ import annotations
 
+import array
 import fcntl
 import os
 import stat
-import struct
 
 from crashup_lib import log
 
@@ -38,12 +38,18 @@ class Watchdog:
             raise WatchdogError(f"watchdog {self.path}: cannot open: {e.strerror}") from None
         self.fd = fd
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            wanted = int(-(-self.timeout // 1))
+            buf = array.array("i", [wanted])     # the driver writes back the timeout it really set
             try:
-                fcntl.ioctl(fd, WDIOC_SETTIMEOUT, struct.pack("i", int(-(-self.timeout // 1))))
+                fcntl.ioctl(fd, WDIOC_SETTIMEOUT, buf, True)
             except OSError as e:
                 self.close(disarm=True)
                 raise WatchdogError(f"watchdog {self.path}: cannot set a {self.timeout:g}s timeout: "
                                     f"{e.strerror}") from None
+            if buf[0] > wanted:                  # the fence agent waits for the requested one: it would be short
+                self.close(disarm=True)
+                raise WatchdogError(f"watchdog {self.path}: the driver set a {buf[0]}s timeout, longer than the "
+                                    f"{wanted}s asked for")
         LOG.info("watchdog %s armed (%gs)", self.path, self.timeout)
 
     def pet(self) -> None:

@@ -98,7 +98,7 @@ def stale_mark(marked: float | None, now: float, limit: float) -> bool:
 
 def came_back(service, since: float) -> bool:
     """nova reports the node's nova-compute up, not forced down, with a heartbeat newer than `since` (the epoch the
-    restart began): the restarted process is the one heartbeating."""
+    restart's stop was over: a beat the old process sent while stopping is older): the new process is heartbeating."""
     if service is None or service.state != "up" or service.forced_down:
         return False
     beat = epoch(service.updated_at) if service.updated_at else None

@@ -10,13 +10,17 @@ is wait for the start to finish: so the roll then waits for the DC to be idle, a
 nova-compute up with a heartbeat newer than the restart. The alternatives are worse: `--force-stop`/`--force-start`
 bypass the cluster; `crm_resource --fail` leaves a fail count and counts toward migration-threshold; a
 target-role=Stopped stops every instance. The one risk of a ban, a roller killed between the ban and its clearing
-(the instance then stays stopped), is what MARK_ATTRIBUTE answers: whoever resumes clears the node's ban first.
+(the instance then stays stopped), is what MARK_ATTRIBUTE answers: whoever resumes clears the node's ban first, and
+the command interrupted (Ctrl-C, SIGTERM) clears its own before it exits.
 
 The periodic roll runs in a thread of its own beside the recovery daemon's watch (a roll takes minutes; the watch
 and the recovery workers never wait for it), one node per pass, everything re-read from the CIB and nova each pass.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import signal
 import threading
 import time
 
@@ -31,43 +35,6 @@ POLL = 1.0                  # seconds between two looks at nova or the requests 
 TASK_POLL = 2.0             # seconds between two looks at busy servers
 PASS_PAUSE = 15.0           # seconds between two passes of the periodic roll with nothing to do
 RETRY_LATER = 3600.0        # a skipped node is not tried again, and after a failure no node is, before this
-
-
-# --- Pacemaker: what a roll asks beyond pacemaker.Cluster ----------------------------------------------------------
-
-class RollCluster(pacemaker.Cluster):
-    """pacemaker.Cluster, and the clone restarts and node attributes a rejuvenation needs (tests fake this)."""
-
-    def running_on(self, resource: str) -> set[str]:
-        """The nodes where `resource` (a clone) has an active instance (crm_resource --locate)."""
-        root = pacemaker._xml(pacemaker._run(["crm_resource", "--locate", "--resource", resource, "--output-as=xml"]),
-                              "crm_resource --locate")
-        return {el.text.strip() for el in root.iter("node") if el.text and el.text.strip()}
-
-    def restart(self, resource: str, node: str, wait: float) -> None:
-        pacemaker._run(["crm_resource", "--restart", "--resource", resource, "--node", node,
-                        "--timeout", f"{int(wait)}s"], 2 * wait + 30)
-
-    def clear_ban(self, resource: str, node: str) -> None:
-        """The ban a restart left (none: nothing to do; 105 is "no such object")."""
-        pacemaker._run(["crm_resource", "--clear", "--resource", resource, "--node", node], 30,
-                       accept=lambda done: done.returncode in (0, 105))
-
-    def node_attribute(self, name: str) -> dict[str, str]:
-        """{node: value} of the persistent node attribute `name`."""
-        root = pacemaker._xml(pacemaker._run(["cibadmin", "--query", "--scope", "nodes"]), "cibadmin --query")
-        found = {}
-        for el in root.iter("node"):
-            for nvpair in el.iter("nvpair"):
-                if nvpair.get("name") == name:
-                    found[el.get("uname") or el.get("id")] = nvpair.get("value", "")
-        return found
-
-    def set_node_attribute(self, node: str, name: str, value: str | None) -> None:
-        """Write (None: delete) a persistent node attribute."""
-        change = ["--delete"] if value is None else ["--update", value]
-        pacemaker._run(["crm_attribute", "--type", "nodes", "--node", node, "--name", name, *change,
-                        "--lifetime", "forever"])
 
 
 # --- one roll ---------------------------------------------------------------------------------------------------------
@@ -109,8 +76,8 @@ class Roll:
                           mark_owner(marks.get(t.node))) for t in targets]
 
     def foreign_mark(self, states: list[NodeState]) -> NodeState | None:
-        """A node whose restart another roller has under way (a fresh mark, not this one's): two rolls must never
-        overlap. A stale one was left by a roller now gone: resumed. The daemon's roll takes a daemon's mark as its
+        """A node whose restart another roller has under way (a fresh mark, not this one's): two nodes must never
+        be down at once. A stale one was left by a roller now gone: resumed. The daemon's roll takes a daemon's mark as its
         own at once (Pacemaker runs one daemon: that mark's roller is the one before it, gone in a failover)."""
         now = self.wall()
 
@@ -118,6 +85,34 @@ class Roll:
             return s.marked == self.own.get(s.node) or (self.owner == DAEMON and s.owner == DAEMON)
         return next((s for s in states if s.marked is not None and not mine(s)
                      and not stale_mark(s.marked, now, self.mark_limit)), None)
+
+    def rival(self) -> NodeState | None:
+        """Another roller's fresh mark on any node, read from the CIB now (not the states a pass began with)."""
+        marks = self.ctx.cluster.node_attribute(MARK_ATTRIBUTE)
+        return self.foreign_mark([NodeState(n, n, None, number(v), mark_owner(v)) for n, v in sorted(marks.items())])
+
+    def wait_rival(self) -> None:
+        """Until no other roller's fresh mark is left (bounded: a mark older than mark_limit is not fresh)."""
+        end = self.ctx.clock() + self.mark_limit
+        while self.rival() is not None and not self.stopped() and self.ctx.clock() < end:
+            self.ctx.sleep(POLL)
+
+    def unmark(self, node: str) -> None:
+        self.ctx.cluster.set_node_attribute(node, MARK_ATTRIBUTE, None)
+        self.own.pop(node, None)
+
+    def abandon(self) -> None:
+        """Interrupted (Ctrl-C, SIGTERM): the bans and marks of this roller's restarts in flight cleared, best effort
+        (each call bounded), so the node is not left banned nor the next roll refused."""
+        for node, own in list(self.own.items()):
+            try:
+                for resource in self.resources:
+                    self.ctx.cluster.clear_ban(resource, node)
+                if number(self.ctx.cluster.node_attribute(MARK_ATTRIBUTE).get(node)) == own:
+                    self.unmark(node)
+                self.ctx.out(f"{node}: interrupted: its ban and mark cleared")
+            except pacemaker.PacemakerError as e:
+                self.ctx.out(f"{node}: interrupted, not cleaned up ({e}): {cleanup_hint(node, self.resources)}")
 
     def event(self, target: Target, step: Step, servers: int = 0, detail: str = "") -> None:
         self.ctx.host_event(target, VERB, str(step), servers, detail)
@@ -145,14 +140,14 @@ class Roll:
 
     def node(self, target: Target, state: NodeState) -> Step | None:
         """Rejuvenate one node: RESTARTED, SKIPPED or FAILED (an event each); None when a recovery opened meanwhile
-        (nothing was done: pause, then try again)."""
+        or another roller began a node (nothing was done: pause or wait, then try again)."""
         ctx, node = self.ctx, target.node
         if state.marked is not None:            # a restart of ours interrupted: its ban may be left
             for resource in self.resources:
                 ctx.cluster.clear_ban(resource, node)
-            ctx.cluster.set_node_attribute(node, MARK_ATTRIBUTE, None)      # undone: the node is as any other now
+            self.unmark(node)                   # undone: the node is as any other now
             ctx.cluster.wait_settled(ctx.timeout)
-        missing = [r for r in self.resources if node not in ctx.cluster.running_on(r)]
+        missing = self.not_running(node)
         if missing:
             return self._skip(target, 0, f"{', '.join(missing)} not running on {node}")
         why = unhealthy(_service(ctx, target.host))
@@ -175,9 +170,20 @@ class Roll:
         ctx.require_quorum(f"restarting services on {node}")
         if open_recoveries(ctx.cluster.requests()):
             return None
-        since = self.wall()
-        self.own[node] = number(mark(since, self.owner))
-        ctx.cluster.set_node_attribute(node, MARK_ATTRIBUTE, mark(since, self.owner))
+        # Another roller may have begun a node during the task wait: never two down at once. A check before the
+        # write, and one after it for a rival that wrote meanwhile (the CIB orders the writes: of two marks both
+        # see, the later one's roller withdraws).
+        if self.rival() is not None:
+            self.wait_rival()
+            return None
+        began = self.wall()
+        self.own[node] = number(mark(began, self.owner))
+        ctx.cluster.set_node_attribute(node, MARK_ATTRIBUTE, mark(began, self.owner))
+        other = self.rival()
+        if other is not None and (other.marked, other.owner) < (self.own[node], self.owner):
+            self.unmark(node)
+            self.wait_rival()
+            return None
         self.event(target, Step.RESTARTING, len(servers), ", ".join(self.resources))
         try:
             for resource in self.resources:
@@ -188,24 +194,34 @@ class Roll:
                     ctx.cluster.clear_ban(resource, node)
                 except pacemaker.PacemakerError as again:
                     LOG.warning("%s: ban of %s not cleared: %s", node, resource, again)
-            ctx.cluster.set_node_attribute(node, MARK_ATTRIBUTE, None)
+            self.unmark(node)
             return self._fail(target, len(servers), f"restart failed: {e}")
+        since = self.wall()             # the stop is done: a heartbeat the old process sent while stopping is older
         ctx.cluster.wait_settled(ctx.timeout)
         end = ctx.clock() + ctx.timeout
-        while not came_back(_service(ctx, target.host), since):
+        missing = []
+        while True:
+            if came_back(_service(ctx, target.host), since):
+                missing = self.not_running(node)            # nova's word, and Pacemaker's: the start succeeded
+                if not missing:
+                    break
             if self.stopped():                  # the daemon stops: its mark left, its successor takes it over
                 return None
             if ctx.clock() >= end:
-                ctx.cluster.set_node_attribute(node, MARK_ATTRIBUTE, None)
-                return self._fail(target, len(servers), f"nova-compute not reported up with a heartbeat newer than "
-                                                        f"the restart within {ctx.timeout:g}s")
+                self.unmark(node)
+                why = (f"{', '.join(missing)} not running on {node} after the restart" if missing else
+                       "nova-compute not reported up with a heartbeat newer than the restart")
+                return self._fail(target, len(servers), f"{why} within {ctx.timeout:g}s")
             ctx.sleep(POLL)
         done = self.wall()
         ctx.cluster.set_node_attribute(node, DONE_ATTRIBUTE, f"{done:.3f}")
-        ctx.cluster.set_node_attribute(node, MARK_ATTRIBUTE, None)
-        self.event(target, Step.RESTARTED, len(servers), f"nova-compute up again {done - since:.1f}s after the "
+        self.unmark(node)
+        self.event(target, Step.RESTARTED, len(servers), f"nova-compute up again {done - began:.1f}s after the "
                                                          "restart began")
         return Step.RESTARTED
+
+    def not_running(self, node: str) -> list[str]:
+        return [r for r in self.resources if node not in self.ctx.cluster.running_on(r)]
 
     def _skip(self, target: Target, servers: int, why: str) -> Step:
         self.event(target, Step.SKIPPED, servers, why)
@@ -214,6 +230,28 @@ class Roll:
     def _fail(self, target: Target, servers: int, why: str) -> Step:
         self.event(target, Step.FAILED, servers, why)
         return Step.FAILED
+
+
+def cleanup_hint(node: str, resources) -> str:
+    """What an operator runs by hand after a roller was killed mid-restart: its ban, then its mark."""
+    bans = "; ".join(f"crm_resource --clear --resource {r} --node {node}" for r in resources)
+    return f"{bans}; crm_attribute --type nodes --node {node} --name {MARK_ATTRIBUTE} --delete"
+
+
+@contextlib.contextmanager
+def _terminated_as_exit():
+    """SIGTERM raises SystemExit (143) while the command rolls, so its cleanup runs (Python's default just dies)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+    before = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _service(ctx: Context, host: str):
@@ -242,7 +280,8 @@ def rejuvenate(ctx: Context, name: str | None = None, dry_run: bool = False, wal
     other = roll.foreign_mark(roll.states(roll.targets()) if name is not None else states)    # on any node
     if other is not None:
         began = time.strftime("%H:%M:%S", time.localtime(other.marked))
-        raise Refused(f"a rejuvenation of {other.node} is under way (since {began}): wait for it to finish")
+        raise Refused(f"a rejuvenation of {other.node} is under way (since {began}): wait for it to finish; if its "
+                      f"roller was killed, clean up by hand: {cleanup_hint(other.node, roll.resources)}")
     by_node = {t.node: t for t in targets}
     open_ = open_recoveries(ctx.cluster.requests())
     notes = {s.node: ("restart in flight: resumed" if s.marked is not None else "") for s in states}
@@ -251,6 +290,20 @@ def rejuvenate(ctx: Context, name: str | None = None, dry_run: bool = False, wal
     if dry_run:
         return 0
     results: dict[str, Step] = {}
+    try:
+        with _terminated_as_exit():
+            _roll_all(ctx, roll, states, by_node, results)
+    except (KeyboardInterrupt, SystemExit):        # never leave a node banned nor a mark refusing the next run
+        roll.abandon()
+        raise
+    summary = _done(results)
+    if targets:
+        ctx.host_event(targets[0], VERB, str(Step.FINISHED), 0, summary)
+    ctx.out(f"rejuvenation finished: {summary}")
+    return 0 if results and all(s is Step.RESTARTED for s in results.values()) and len(results) == len(states) else 1
+
+
+def _roll_all(ctx: Context, roll: Roll, states: list[NodeState], by_node: dict, results: dict[str, Step]) -> None:
     for state in states:
         target = by_node[state.node]
         while True:
@@ -264,14 +317,10 @@ def rejuvenate(ctx: Context, name: str | None = None, dry_run: bool = False, wal
                 raise Halted(f"{e}; stopped after: {_done(results)}") from None
             if step is not None:
                 break
+            state = dataclasses.replace(state, marked=None, owner="")   # its leftover was cleared the first time
         results[state.node] = step
         if step is Step.FAILED:
             break
-    summary = _done(results)
-    if targets:
-        ctx.host_event(targets[0], VERB, str(Step.FINISHED), 0, summary)
-    ctx.out(f"rejuvenation finished: {summary}")
-    return 0 if results and all(s is Step.RESTARTED for s in results.values()) and len(results) == len(states) else 1
 
 
 def _done(results: dict[str, Step]) -> str:
@@ -288,7 +337,7 @@ class Periodic:
     is done lives in the CIB (DONE_ATTRIBUTE, MARK_ATTRIBUTE), so the daemon that takes over after a failover goes
     on where this one stopped."""
 
-    def __init__(self, cfg, cluster: RollCluster, emitter, stop_event: threading.Event, nova_factory=None,
+    def __init__(self, cfg, cluster: pacemaker.Cluster, emitter, stop_event: threading.Event, nova_factory=None,
                  wall=time.time):
         self.cfg = cfg
         self.interval = float(cfg.get("rejuvenation_interval", 0))
@@ -347,11 +396,9 @@ def start_periodic(cfg, cluster, emitter, stop_event: threading.Event, nova_fact
     """The recovery daemon's hook: the periodic roll's thread, started; None when rejuvenation_interval is 0."""
     if not float(cfg.get("rejuvenation_interval", 0) or 0):
         return None
-    if not hasattr(cluster, "restart"):           # the daemon's pacemaker.Cluster: the same, and the restarts
-        cluster = RollCluster()
     periodic = Periodic(cfg, cluster, emitter, stop_event, nova_factory)
     periodic.thread.start()
     return periodic
 
 
-__all__ = ["RollCluster", "Roll", "rejuvenate", "Periodic", "start_periodic"]
+__all__ = ["Roll", "rejuvenate", "Periodic", "start_periodic"]
