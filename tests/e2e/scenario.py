@@ -2,11 +2,49 @@
 journal and nova's evacuation records, switching the recovery daemon off or its mode; on the notification bus, a
 consumer of the lab's broker (BusTap) and a watch that no server is ever on two hypervisors (GuestWatch)."""
 import contextlib
+import os
 import threading
 import time
 
+import pytest
+
 from crashup_lib import events
 from tests.lab.nova_env import IMAGE_ID
+
+
+class Sampler:
+    """sample() every `every` seconds in a thread, between __enter__ and __exit__."""
+    every = 0.3
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.every)
+
+
+def own_lab(nodes: int, what: str, **shape):
+    """A module's own lab (its `lab` fixture: `yield from own_lab(...)`): any lab left up is brought down first, this
+    one (`tests.lab.lab.up(nodes, **shape)`) is brought up, its time printed, and down again after the module."""
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root (network namespaces, Pacemaker, libvirtd)")
+    from tests.lab import lab as lab_module
+    if lab_module.read_state():
+        lab_module.down(quiet=True)
+    t = lab_module.up(nodes, quiet=True, **shape)
+    print(f"\nlab up {what} --nodes {nodes}: {t.total:.1f}s; "
+          + ", ".join(f"{p} +{s:.1f}s" for p, s in t.phases if "libvirtd" in p or "guest image" in p))
+    yield lab_module
+    lab_module.down(quiet=True)
 
 
 def set_daemon(enabled: bool, check: bool = True):

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from crashup_lib import events
+from tests.e2e.scenario import own_lab
 
 pytestmark = pytest.mark.lab
 
@@ -27,15 +28,7 @@ MAX_REBOOTS = 3             # the lab's crashup.conf leaves [guests] guest_max_r
 
 @pytest.fixture(scope="module")
 def lab():
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root (network namespaces, Pacemaker, libvirtd)")
-    from tests.lab import lab as lab_module
-    if lab_module.read_state():
-        lab_module.down(quiet=True)
-    t = lab_module.up(2, quiet=True, guest_monitor=True)
-    print(f"\nlab up --guest-monitor --nodes 2: {t.total:.1f}s")
-    yield lab_module
-    lab_module.down(quiet=True)
+    yield from own_lab(2, "--guest-monitor", guest_monitor=True)
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,13 @@
 libvirtd, the guest failures tests/lab/guests.py injects seen as the libvirt events crashup's guest monitor will
 subscribe to (watched here with libvirt-python, as the monitor would), nova acting on the real domain (lifecycle
 events, HARD reboot, start), and an evacuation landing a real domain on the other node. Prints what it measures."""
-import os
 import threading
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
+
+from tests.e2e.scenario import own_lab
 
 pytestmark = pytest.mark.lab
 
@@ -16,16 +17,7 @@ libvirt = pytest.importorskip("libvirt")
 
 @pytest.fixture(scope="module")
 def lab():
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root (network namespaces, Pacemaker, libvirtd)")
-    from tests.lab import lab as lab_module
-    if lab_module.read_state():
-        lab_module.down(quiet=True)
-    t = lab_module.up(2, quiet=True, guests=True)
-    print(f"\nlab up --guests --nodes 2: {t.total:.1f}s; "
-          + ", ".join(f"{p} +{s:.1f}s" for p, s in t.phases if "libvirtd" in p or "guest image" in p))
-    yield lab_module
-    lab_module.down(quiet=True)
+    yield from own_lab(2, "--guests", guests=True)
 
 
 class Events:

@@ -5,10 +5,11 @@ never running on two hypervisors at once (sampled through every node's libvirtd)
 import json
 import os
 import subprocess
-import threading
 import time
 
 import pytest
+
+from tests.e2e.scenario import Sampler, own_lab
 
 pytestmark = pytest.mark.lab
 
@@ -17,15 +18,7 @@ libvirt = pytest.importorskip("libvirt")
 
 @pytest.fixture(scope="module")
 def lab():
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root (network namespaces, Pacemaker, libvirtd)")
-    from tests.lab import lab as lab_module
-    if lab_module.read_state():
-        lab_module.down(quiet=True)
-    t = lab_module.up(2, quiet=True, guests=True, isolation=True)
-    print(f"\nlab up --guests --isolation --nodes 2: {t.total:.1f}s")
-    yield lab_module
-    lab_module.down(quiet=True)
+    yield from own_lab(2, "--guests --isolation", guests=True, isolation=True)
 
 
 def view(lab, node):
@@ -43,26 +36,6 @@ def wait_guard(lab, node, timeout=60):
             return v
         time.sleep(0.5)
     raise AssertionError(f"{node.name}: no healthy isolation guard after {timeout}s: {view(lab, node)}")
-
-
-class Sampler:
-    """sample() every `every` seconds in a thread, between __enter__ and __exit__."""
-    every = 0.3
-
-    def __enter__(self):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.every)
 
 
 class Phases(Sampler):

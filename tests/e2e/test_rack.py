@@ -6,14 +6,13 @@ limits (storm_max_hosts 2, storm_max_fraction 0.5, storm_max_domains 1).
 - Three hosts failing at once in two racks are held by the storm guard exactly as configured, and `crashup recover
   NODE --force` (the operator's command) lets each through: then recovered once too."""
 import concurrent.futures
-import os
 import subprocess
 import time
 
 import pytest
 
 from tests.e2e.scenario import (assert_recovered_exactly_once, boot, daemon_stopped, delete_servers, journal,
-                                wait_request)
+                                own_lab, wait_request)
 from tests.lab import topology
 
 pytestmark = pytest.mark.lab
@@ -25,14 +24,7 @@ PER_HOST = 2                    # servers on each failed host
 @pytest.fixture(scope="module")
 def lab():
     """The lab with 24 compute nodes for this module (the default lab's fixture is overridden)."""
-    if os.geteuid() != 0:
-        pytest.skip("the lab needs root (network namespaces, Pacemaker)")
-    from tests.lab import lab as lab_module
-    if lab_module.read_state():
-        lab_module.down(quiet=True)
-    lab_module.up(NODES, quiet=True)
-    yield lab_module
-    lab_module.down(quiet=True)
+    yield from own_lab(NODES, "")
 
 
 def fail_at_once(lab, nodes):

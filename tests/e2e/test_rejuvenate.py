@@ -4,14 +4,13 @@ nova box's computes), no recovery triggered, no server touched; and a roll that 
 (a node crashed mid-roll) and resumes once it is done."""
 import contextlib
 import subprocess
-import threading
 import time
 
 import pytest
 
 from crashup_lib import pacemaker
 from tests.e2e import scenario
-from tests.e2e.scenario import journal, wait_request
+from tests.e2e.scenario import Sampler, journal, wait_request
 
 pytestmark = pytest.mark.lab
 
@@ -21,44 +20,32 @@ def crashup(lab, *args, timeout=600):
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
-class ComputeSampler:
+class ComputeSampler(Sampler):
     """The nova box's view of every nova-compute (running or not), sampled every 0.1 s in a thread: each host's
     stops (running -> not running) with their times, and the most stopped at one moment."""
+    every = 0.1
 
     def __init__(self, lab, hosts):
         self.box, self.hosts = lab.nova(), list(hosts)
         self.stops = {h: [] for h in self.hosts}
         self.starts = {h: [] for h in self.hosts}
         self.most_down, self.samples = 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="e2e-compute-sampler", daemon=True)
+        self.last = {}
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self):
-        last = {}
-        while not self._stop.is_set():
-            try:
-                computes = self.box.get_state()["computes"]
-            except Exception:                       # noqa: BLE001 - the box busy: sample again
-                self._stop.wait(0.1)
-                continue
-            now, self.samples = time.time(), self.samples + 1
-            running = {h: bool(computes.get(h)) for h in self.hosts}
-            for h, up in running.items():
-                if h in last and last[h] and not up:
-                    self.stops[h].append(now)
-                if h in last and not last[h] and up:
-                    self.starts[h].append(now)
-            last = running
-            self.most_down = max(self.most_down, sum(not up for up in running.values()))
-            self._stop.wait(0.1)
+    def sample(self):
+        try:
+            computes = self.box.get_state()["computes"]
+        except Exception:                           # noqa: BLE001 - the box busy: sample again
+            return
+        now, self.samples = time.time(), self.samples + 1
+        running = {h: bool(computes.get(h)) for h in self.hosts}
+        for h, up in running.items():
+            if h in self.last and self.last[h] and not up:
+                self.stops[h].append(now)
+            if h in self.last and not self.last[h] and up:
+                self.starts[h].append(now)
+        self.last = running
+        self.most_down = max(self.most_down, sum(not up for up in running.values()))
 
 
 def servers_view(lab, ids):
