@@ -23,7 +23,7 @@ def main(argv=None) -> int:
                     help="--guests, and crashup's guest monitor (crashup guests --daemon) cloned on every compute node")
     up.add_argument("--isolation", action="store_true",
                     help="the inventory's isolation section (lab.LAB_ISOLATION): the isolation guard's clone and the "
-                         "fallback fencing level fence_crashup_isolation (docs/isolation.md)")
+                         "fallback fencing level fence_crashup_isolation (docs/isolation.md); implies --guests")
     sub.add_parser("down", help="stop everything and remove what the lab made (logs stay)")
     sub.add_parser("status", help="cluster, BMC, bus, cinder and nova state")
     crm = sub.add_parser("crm", help="run a command inside a controller (several controllers): crm ctl2 -- crm_mon -1")

@@ -427,8 +427,10 @@ def up(count: int = topology.DEFAULT_NODES, quiet: bool = False, controllers: in
     on the host. guests: real guests possible (tests/lab/guests.py): a libvirtd per compute node, the nova box's
     driver making servers of flavors with lab:guest=qemu real qemu domains, the broker on the bridge too (the
     transport URL file names the bridge address: crashup on the nodes reads the same crashup.conf). guest_monitor
-    (implies guests): crashup's guest monitor clone on every compute node (inventory `guests.guest_monitor`)."""
-    guests = guests or guest_monitor
+    (implies guests): crashup's guest monitor clone on every compute node (inventory `guests.guest_monitor`).
+    isolation (implies guests: the guard refuses to start without a libvirtd to act on): the isolation guard's clone
+    and the fallback fencing level, LAB_ISOLATION's timings or a dict over them. tuning: over the lab's timings."""
+    guests = guests or guest_monitor or bool(isolation)
     guest_state = {"guests": True, "libvirt_uri": libvirtd.uri_template(), "guest_monitor": guest_monitor,
                    "bus_bridge_address": topology.BRIDGE_ADDR} if guests else {}
     if isolation:              # the isolation guard's clone and the fallback fencing level, LAB_ISOLATION's timings
