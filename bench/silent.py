@@ -35,6 +35,8 @@ HOWS = ("power", "net")
 def one(node, how: str) -> tuple[float, float]:
     """(failure -> lost, failure -> fenced) in seconds; the node is back in the cluster, rejoined, on return."""
     since, t0 = time.time(), time.monotonic()
+    if how == "power":                  # silent: the link goes with the power, no process death reaches the cluster
+        pacemaker.link(node, False)
     lab.fail(node, how)
     pacemaker.wait_for(lambda st: not st.nodes[node.name].crm_online or st.nodes[node.name].unclean, 180,
                        f"{node.name} lost", interval=0.1)

@@ -1,11 +1,8 @@
 """What a BMC's power change does to its lab node (run by the BMC simulator: `python -m tests.lab.hooks off NODE`).
 
-off: the host loses power: silently, as a real one does (its link goes first, so no process death sends a TCP
-     reset or FIN the cluster would take as the news), then its pacemaker-remoted dies, its nova-compute stops and
-     its guests are gone.
-on:  the host boots (BOOT_SECONDS: no machine is back the instant its power is), its link comes up (a boot resets
-     a cut NIC), a fresh /run, pacemaker-remoted starts. nova-compute is Pacemaker's to start
-     (ocf:crashup:nova-compute), once the host's recovery is finished.
+off: the host loses power: its pacemaker-remoted dies, its nova-compute stops and its guests are gone.
+on:  the host boots (BOOT_SECONDS: no machine is back the instant its power is), its link comes up (a boot resets a cut NIC), a fresh /run, pacemaker-remoted starts. nova-compute
+     is Pacemaker's to start (ocf:crashup:nova-compute), once the host's recovery is finished.
 """
 import sys
 import time
@@ -23,7 +20,6 @@ def main(argv: list[str]) -> int:
         return 2
     action, n = argv[0], lab.node(argv[1])
     if action == "off":
-        pacemaker.link(n, False)
         pacemaker.kill_remoted(n)
         netns.kill_in_node(n, lab.CRASHUP_DAEMON)     # its guest monitor too
         if lab.guests_on():                  # its libvirtd and every qemu die with the host

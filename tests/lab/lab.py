@@ -668,7 +668,8 @@ def fail(n: Node, how: str) -> None:
     """crash: the host dies with its guests (remoted and nova-compute gone, the BMC still says ON); its kernel closes
     remoted's connection, so Pacemaker hears of it at once;
     net: the host is cut off silently (link down, no TCP reset; nova-compute's heartbeats stop, its guests run on);
-    power: its BMC powers it off, a silent power loss (the power hook takes the link first, then the host)."""
+    power: its BMC powers it off (the power hook takes it down; its processes' deaths close remoted's connection:
+    bench/silent.py takes the link down first for a silent power loss)."""
     if how == "crash":
         pacemaker.kill_remoted(n)
         netns.kill_in_node(n, CRASHUP_DAEMON)
