@@ -160,7 +160,8 @@ def test_resources_fencing_and_constraints_read_back(cib):
         assert "password" not in p and ("password_script" in p) == (i == 2)
         assert p.get("password_file", "/etc/crashup/bmc password") == "/etc/crashup/bmc password"
     nova_fence = prims["crashup-nova"]
-    assert params(nova_fence) == {"config_file": ODD_CONF, "pcmk_host_list": " ".join(COMPUTES)}
+    assert params(nova_fence) == {"config_file": ODD_CONF, "pcmk_host_list": " ".join(COMPUTES),
+                                  "pcmk_action_limit": "-1"}
 
     levels = {lv.get("target"): lv for lv in conf.find("fencing-topology")}
     assert set(levels) == set(COMPUTES)
@@ -203,7 +204,7 @@ def test_resources_fencing_and_constraints_read_back(cib):
     assert {e.get("attribute") for e in rule.iter("expression")} == {pcs.STATE_ATTRIBUTE}
 
     props = {nv.get("name"): nv.get("value") for nv in conf.find("crm_config").iter("nvpair")}
-    assert props == {"stonith-enabled": "true", "stonith-action": "off"}
+    assert props == {"stonith-enabled": "true", "concurrent-fencing": "true", "stonith-action": "off"}
 
 
 def _metadata_parameters(argv) -> set[str]:
