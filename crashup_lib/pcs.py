@@ -72,9 +72,12 @@ def commands(inv: Inventory) -> list[list[str]]:
         cmds.append(_ipmi_device(name, b, t, f"pcmk_delay_base={_s(t.controller_fence_delay)}"))
         cmds.append(["constraint", "location", "add", f"ipmi-{name}-not-on-{name}", f"ipmi-{name}", name,
                      "--", "-INFINITY"])
-    # one device for every compute: without pcmk_action_limit it fences one node at a time (a rack, one by one)
+    # one device for every compute, one action at a time (its ~0.5 s each serialize a rack's fencings): never
+    # pcmk_action_limit > 1. Pacemaker 2.1.5's fencer merges an identical request (stonith_admin's off and the
+    # controller's reboot, both at one node) into the one that finished first and frees it while its agent still
+    # runs: with two agents running at once it segfaulted (lab, 2026-12-02), losing the fence history
     cmds.append(["stonith", "create", NOVA_FENCE, "fence_crashup_nova", f"config_file={inv.config_file}",
-                 f"pcmk_host_list={' '.join(names)}", "pcmk_action_limit=-1",
+                 f"pcmk_host_list={' '.join(names)}",
                  "op", "monitor", f"interval={_s(t.fence_monitor_interval)}"])
     for c in inv.computes:     # power off first, then nova: both must succeed
         cmds.append(["stonith", "level", "add", "1", c.name, f"ipmi-{c.name}", NOVA_FENCE])
