@@ -79,7 +79,10 @@ def _plan(args) -> int:
 
 
 def _recover(args) -> int:
-    from crashup_lib import pacemaker
+    """With the recovery daemon running (anywhere in the cluster), the request is its own: `--force` lifts the hold
+    and this follows it; without one, the recovery runs here, in the foreground."""
+    from crashup_lib import pacemaker, pcs
+    from crashup_lib.maintenance import common
     from crashup_lib.recovery import daemon
     cfg = _load(args)
     cluster = pacemaker.Cluster()
@@ -89,6 +92,16 @@ def _recover(args) -> int:
     if args.force and req.open:                  # past the storm guard or the notify hand-off, on purpose
         req = req.moved_to("recovering", "resumed by the operator", forced=True)    # (moving clears the hold)
         cluster.write_request(req)
+    where = cluster.running_on(pcs.CRASHUP) if req.open else set()
+    if where:                                    # the daemon works on it: a second pipeline here would race it
+        print(f"{args.node}: the recovery daemon on {', '.join(sorted(where))} runs it; following it", flush=True)
+        ctx = common.Context(cfg, None, cluster)
+        try:
+            common.follow_request(ctx, args.node, req.fenced_at)
+        except common.TimedOut as e:
+            print(f"crashup: {e}", file=sys.stderr)
+            return 1
+        return 0
     runner = daemon.Daemon(cfg, state_dir="/run/crashup", cluster=cluster)
     try:
         progress = runner.recovery().recover(req)
@@ -383,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-error", action="store_true", help="leave instances in ERROR where they are")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_plan)
-    p = sub.add_parser("recover", help="run a node's recovery now, in the foreground")
+    p = sub.add_parser("recover", help="run a node's recovery now (followed when the recovery daemon runs it)")
     p.add_argument("node", help="Pacemaker node name")
     p.add_argument("--force", action="store_true", help="go on past the storm guard or notify hand-off")
     p.set_defaults(run=_recover)

@@ -28,6 +28,10 @@ class FakeCluster:
         self.in_flight = False
         self.refenced: list[str] = []
         self.has_quorum = True
+        self.daemon_on: set[str] = set()                 # where the recovery daemon's resource runs
+
+    def running_on(self, resource):
+        return set(self.daemon_on) if resource == "crashup" else set()
 
     def survey(self):
         return dict(self.saved), [r for r in self.saved.values() if self.mirror.get(r.node) != r.state]

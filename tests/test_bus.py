@@ -543,16 +543,32 @@ def test_the_emitter_builds_the_bus_sink_and_close_stops_its_publisher(tmp_path,
     cfg = {"journal": str(tmp_path / "events.jsonl"), "transport_url_file": path,
            "outbox_dir": str(tmp_path / "outbox"), "publish_timeout": 0.3}
     emitter = events.Emitter.from_config(cfg)
-    assert [s.name for s in emitter.sinks] == ["journal", "bus"]
-    assert emitter.sinks[1].durable
+    assert [s.name for s in emitter.sinks] == ["bus", "journal"]          # the outbox first: see from_config
+    assert emitter.sinks[0].durable
     emitter.emit(event())
     start = time.monotonic()
     assert emitter.close(1.0)
     assert time.monotonic() - start < 1.2
-    assert not emitter.sinks[1].publisher._thread.is_alive()
+    assert not emitter.sinks[0].publisher._thread.is_alive()
     assert len(outbox_mod.Outbox(cfg["outbox_dir"])) == 1       # the broker never answered: kept
     with pytest.raises(config.ConfigError, match="transport_url_file"):
         events.Emitter.from_config({**cfg, "transport_url_file": str(tmp_path / "missing")})
+
+
+def test_the_outbox_has_the_event_before_the_journal_does(tmp_path, silent_server):
+    """A process killed between its two durable writes must not leave an event the bus never gets: the outbox is
+    written first."""
+    path = write_url(tmp_path / "url", f"rabbit://crashup:{QUOTED}@127.0.0.1:{silent_server}/crashup\n")
+    cfg = {"journal": str(tmp_path / "events.jsonl"), "transport_url_file": path,
+           "outbox_dir": str(tmp_path / "outbox"), "publish_timeout": 0.3}
+    emitter = events.Emitter.from_config(cfg)
+    journal = emitter.sinks[1]
+    boxed = []
+    real_send = journal.send
+    journal.send = lambda e: boxed.append(len(outbox_mod.Outbox(cfg["outbox_dir"]))) or real_send(e)
+    emitter.emit(event())
+    assert emitter.close(1.0)
+    assert boxed == [1]                                           # in the outbox when the journal was written
 
 
 def test_the_recovery_daemon_starts_the_publisher_and_stops_it_on_sigterm(tmp_path, silent_server):
@@ -566,7 +582,7 @@ def test_the_recovery_daemon_starts_the_publisher_and_stops_it_on_sigterm(tmp_pa
                                nova_factory=lambda: FakeNova())
     runner = threading.Thread(target=d.run)
     runner.start()
-    publisher_ = d.emitter().sinks[1].publisher
+    publisher_ = d.emitter().sinks[0].publisher
     assert wait_for(lambda: publisher_.state == "unreachable", 3)   # it tried the leftover at once
     start = time.monotonic()
     d.stop()
@@ -589,8 +605,8 @@ def test_the_sweep_closes_its_emitter_and_the_publisher_with_it(tmp_path, silent
     start = time.monotonic()
     assert sweep_daemon.run(cfg, "once", out=out) in (0, 1)         # an empty database: the round fails, fine
     assert time.monotonic() - start < sweep_daemon.EMITTER_CLOSE
-    assert [s.name for s in made[0].sinks] == ["journal", "bus"]
-    assert not made[0].sinks[1].publisher._thread.is_alive()
+    assert [s.name for s in made[0].sinks] == ["bus", "journal"]
+    assert not made[0].sinks[0].publisher._thread.is_alive()
 
 
 def test_crashup_recover_closes_its_emitter_even_when_the_recovery_fails(tmp_path, silent_server, monkeypatch):
@@ -602,7 +618,8 @@ def test_crashup_recover_closes_its_emitter_even_when_the_recovery_fails(tmp_pat
     path = write_url(tmp_path / "url", f"rabbit://crashup:{QUOTED}@127.0.0.1:{silent_server}/crashup\n")
     cfg_path = conf(tmp_path, path, publish_timeout="0.3")
     request = type("Req", (), {"open": True})()
-    monkeypatch.setattr(pacemaker, "Cluster", lambda: type("C", (), {"request": lambda self, node: request})())
+    monkeypatch.setattr(pacemaker, "Cluster", lambda: type("C", (), {"request": lambda self, node: request,
+                                                                      "running_on": lambda self, rsc: set()})())
     emitters = []
 
     class Failing:
@@ -620,7 +637,7 @@ def test_crashup_recover_closes_its_emitter_even_when_the_recovery_fails(tmp_pat
     with pytest.raises(RuntimeError):
         cli._recover(args)
     assert time.monotonic() - start < recovery_daemon.EMITTER_CLOSE + 1
-    publisher_ = emitters[0].sinks[1].publisher
+    publisher_ = emitters[0].sinks[0].publisher
     assert not publisher_._thread.is_alive()
     assert len(publisher_.outbox) == 1                               # the broker is silent: kept for the daemon
 

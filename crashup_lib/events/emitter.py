@@ -44,12 +44,14 @@ class Emitter:
         """Sinks from the [events] options: journal, the bus (transport_url_file: its publisher starts, replaying
         what a previous process left), webhook_url (+ webhook_secret_file), hook_command. ConfigError for a bad
         one."""
+        # the bus's outbox before the journal: a process killed between the two leaves the event for the bus (what
+        # the operator's tooling acts on) rather than only in the journal; the step's retry writes both again
         sinks: list[Any] = []
-        if cfg.get("journal"):
-            sinks.append(JournalSink(cfg["journal"]))
         bus_sink = bus.from_config(cfg)
         if bus_sink is not None:
             sinks.append(bus_sink)
+        if cfg.get("journal"):
+            sinks.append(JournalSink(cfg["journal"]))
         if cfg.get("webhook_url"):
             sinks.append(WebhookSink(cfg["webhook_url"], cfg.get("webhook_secret_file") or None))
         if cfg.get("hook_command"):

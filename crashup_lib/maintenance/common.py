@@ -13,10 +13,11 @@ import sys
 import time
 from typing import Callable
 
-from crashup_lib import events, hostmap, log, nova
+from crashup_lib import events, hostmap, log, nova, pacemaker
 
 LOG = log.get("maintenance")
 POLL = 0.5                      # seconds between two reads of a server being followed
+STATE_POLL = 1.0                # seconds between two reads of a recovery request being followed
 
 
 class Refused(ValueError):
@@ -169,3 +170,26 @@ def warn(line: str) -> None:
 
 __all__ = ["Refused", "Halted", "halt_unless", "TimedOut", "Context", "Target", "find_host", "refuse_open_recovery", "refuse_down",
            "usable_targets", "refuse_bad_target", "follow", "warn"]
+
+
+def follow_request(ctx: Context, node: str, since: float) -> pacemaker.RecoveryRequest:
+    """The node's recovery request (one fenced after `since`) followed until the daemon closes it or hands it to
+    the operator (notify mode), each new state and note printed as progress; TimedOut after maintenance_timeout
+    (the recovery goes on)."""
+    end = ctx.clock() + ctx.timeout
+    seen = None
+    while True:
+        req = ctx.cluster.request(node)
+        if req is not None and (req.state, req.note) != seen:
+            seen = (req.state, req.note)
+            ctx.out(f"{node}: recovery {req.state}" + (f": {req.note}" if req.note else ""))
+        if req is not None and req.fenced_at >= since - 5:
+            if not req.open:
+                return req
+            if req.hold is pacemaker.Hold.NOTIFIED:
+                ctx.out(f"{node}: handed to your tooling (notify mode): crashup release {node} when its servers "
+                        "are back")
+                return req
+        if ctx.clock() >= end:
+            raise TimedOut(f"{node}: recovery not finished within {ctx.timeout:g}s; it goes on (crashup status)")
+        ctx.sleep(STATE_POLL)

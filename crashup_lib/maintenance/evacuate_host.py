@@ -21,11 +21,9 @@ import time
 
 from crashup_lib import pacemaker
 from crashup_lib import plan as planning
-from crashup_lib.maintenance.common import LOG, Context, Refused, TimedOut, find_host, refuse_bad_target, \
+from crashup_lib.maintenance.common import LOG, Context, Refused, find_host, follow_request, refuse_bad_target, \
     refuse_open_recovery
 from crashup_lib.recovery import pipeline
-
-STATE_POLL = 1.0                     # seconds between two reads of the recovery request
 
 
 def evacuate(ctx: Context, name: str, to: str | None = None, dry_run: bool = False, wait: bool = True) -> int:
@@ -84,22 +82,7 @@ def _withdraw(ctx: Context, written: pacemaker.RecoveryRequest, why: BaseExcepti
 
 def _follow(ctx: Context, target, since: float) -> int:
     """The request until it is closed (or handed over in notify mode), its notes as progress."""
-    end = ctx.clock() + ctx.timeout
-    seen = None
-    while True:
-        req = ctx.cluster.request(target.node)
-        if req is not None and (req.state, req.note) != seen:
-            seen = (req.state, req.note)
-            ctx.out(f"{target.node}: recovery {req.state}" + (f": {req.note}" if req.note else ""))
-        if req is not None and req.fenced_at >= since - 5:
-            if not req.open:
-                ctx.host_event(target, "evacuate", "finished", 0, f"recovery {req.state}: {req.note}")
-                return 0
-            if req.hold is pacemaker.Hold.NOTIFIED:
-                ctx.out(f"{target.node}: handed to your tooling (notify mode): crashup release {target.node} when "
-                        "its servers are back")
-                return 0
-        if ctx.clock() >= end:
-            raise TimedOut(f"{target.node}: recovery not finished within {ctx.timeout:g}s; it goes on "
-                           "(crashup status)")
-        ctx.sleep(STATE_POLL)
+    req = follow_request(ctx, target.node, since)
+    if not req.open:
+        ctx.host_event(target, "evacuate", "finished", 0, f"recovery {req.state}: {req.note}")
+    return 0
