@@ -2,6 +2,7 @@
 request are read, whatever the fleet's size (no cluster needed: cibadmin reads the file itself); and its watch tick,
 which asks nothing more while nothing is to be done."""
 import shutil
+import subprocess
 from xml.sax.saxutils import quoteattr
 
 import pytest
@@ -71,6 +72,18 @@ def test_several_requests_and_a_lagging_mirror_among_a_thousand_nodes(cib):
 
 
 @needs_cibadmin
+@needs_cibadmin
+@pytest.mark.parametrize("with_request", [False, True])
+def test_a_survey_is_one_cibadmin_run_with_or_without_requests(cib, monkeypatch, with_request):
+    runs = []
+    real = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: runs.append(argv) or real(argv, **kw))
+    open_ = request("compute3")
+    cib(1000, {"compute3": (open_.to_value(), "recovering")} if with_request else {})
+    assert pacemaker.survey() == (({"compute3": open_} if with_request else {}), [])
+    assert [argv[0] for argv in runs] == ["cibadmin"]
+
+
 def test_a_cib_that_cannot_be_read_is_an_error_not_an_empty_survey(tmp_path, monkeypatch):
     # cibadmin exits 105 both for "no match" and for a CIB file it cannot open: only the first is "no request"
     monkeypatch.setenv("CIB_file", str(tmp_path / "missing.xml"))
