@@ -26,9 +26,10 @@ from tests.lab import lab, pacemaker  # noqa: E402
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 LOAD = float(os.environ.get("BENCH_LOAD", "120"))
 SHIPPED = {k: v for k, v in dataclasses.asdict(inventory.Tuning()).items() if k.startswith("remote_monitor")}
-SETS = {"shipped": SHIPPED,
-        "5 s / 5 s": {"remote_monitor_interval": 5, "remote_monitor_timeout": 5},
-        "3 s / 3 s": {"remote_monitor_interval": 3, "remote_monitor_timeout": 3}}
+CANDIDATES = [{"remote_monitor_interval": i, "remote_monitor_timeout": t} for i, t in ((20, 30), (5, 5), (3, 3))]
+SETS = {f"{s['remote_monitor_interval']:g} s / {s['remote_monitor_timeout']:g} s"
+        + (" (shipped)" if s == SHIPPED else ""): s
+        for s in ([SHIPPED] if SHIPPED not in CANDIDATES else []) + CANDIDATES}
 HOWS = ("power", "net")
 
 
