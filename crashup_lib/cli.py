@@ -92,6 +92,10 @@ def _recover(args) -> int:
     if args.force and req.open:                  # past the storm guard or the notify hand-off, on purpose
         req = req.moved_to("recovering", "resumed by the operator", forced=True)    # (moving clears the hold)
         cluster.write_request(req)
+    if req.hold is pacemaker.Hold.STORM:         # (a forced request has no hold)
+        print(f"{args.node}: held by the storm guard ({req.note}); `crashup recover {args.node} --force` to go on",
+              file=sys.stderr)
+        return 1
     where = cluster.running_on(pcs.CRASHUP) if req.open else set()
     if where:                                    # the daemon works on it: a second pipeline here would race it
         print(f"{args.node}: the recovery daemon on {', '.join(sorted(where))} runs it; following it", flush=True)

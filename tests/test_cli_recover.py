@@ -92,3 +92,12 @@ def test_without_a_daemon_the_recovery_runs_here(cluster, monkeypatch, capsys):
     assert recover(cluster) == 0
     assert len(ran) == 1 and ran[0].forced
     assert capsys.readouterr().out.strip() == "compute1: done"
+
+
+def test_a_held_request_without_force_says_how_to_go_on_and_changes_nothing(cluster, capsys):
+    cluster.daemon_on = {"ctl1"}
+    cluster.saved["compute1"] = held()
+    assert recover(cluster, force=False) == 1
+    assert "--force` to go on" in capsys.readouterr().err
+    req = cluster.saved["compute1"]
+    assert req.hold is pacemaker.Hold.STORM and not req.forced

@@ -168,10 +168,6 @@ def warn(line: str) -> None:
     print(f"crashup: warning: {line}", file=sys.stderr, flush=True)
 
 
-__all__ = ["Refused", "Halted", "halt_unless", "TimedOut", "Context", "Target", "find_host", "refuse_open_recovery", "refuse_down",
-           "usable_targets", "refuse_bad_target", "follow", "warn"]
-
-
 def follow_request(ctx: Context, node: str, since: float) -> pacemaker.RecoveryRequest:
     """The node's recovery request (one fenced after `since`) followed until the daemon closes it or hands it to
     the operator (notify mode), each new state and note printed as progress; TimedOut after maintenance_timeout
@@ -193,3 +189,8 @@ def follow_request(ctx: Context, node: str, since: float) -> pacemaker.RecoveryR
         if ctx.clock() >= end:
             raise TimedOut(f"{node}: recovery not finished within {ctx.timeout:g}s; it goes on (crashup status)")
         ctx.sleep(STATE_POLL)
+
+
+__all__ = ["Refused", "Halted", "halt_unless", "TimedOut", "Context", "Target", "find_host", "refuse_open_recovery", "refuse_down",
+           "usable_targets", "refuse_bad_target", "follow", "follow_request", "warn"]
+
