@@ -89,23 +89,24 @@ def _recover(args) -> int:
     req = cluster.request(args.node)
     if req is None:
         raise pacemaker.PacemakerError(f"no recovery request for {args.node}: fencing records one")
-    if args.force and req.open:                  # past the storm guard or the notify hand-off, on purpose
-        req = req.moved_to("recovering", "resumed by the operator", forced=True)    # (moving clears the hold)
-        cluster.write_request(req)
-    if req.hold is pacemaker.Hold.STORM:         # (a forced request has no hold)
+    if args.force and req.open and not req.forced:   # past the storm guard or the notify hand-off, on purpose
+        req = cluster.request(args.node) or req          # (read again: the daemon may have just moved it)
+        if req.open:                                     # same state: a pending one still waits for its fencing
+            req = req.moved_to(req.state, "resumed by the operator", forced=True)    # (moving clears the hold)
+            cluster.write_request(req)
+    if req.open and req.hold is pacemaker.Hold.STORM:
         print(f"{args.node}: held by the storm guard ({req.note}); `crashup recover {args.node} --force` to go on",
               file=sys.stderr)
         return 1
     where = cluster.running_on(pcs.CRASHUP) if req.open else set()
     if where:                                    # the daemon works on it: a second pipeline here would race it
         print(f"{args.node}: the recovery daemon on {', '.join(sorted(where))} runs it; following it", flush=True)
-        ctx = common.Context(cfg, None, cluster)
         try:
-            common.follow_request(ctx, args.node, req.fenced_at)
+            req = common.follow_request(common.Context(cfg, None, cluster), args.node, req.fenced_at)
         except common.TimedOut as e:
             print(f"crashup: {e}", file=sys.stderr)
             return 1
-        return 0
+        return 0 if not req.open or req.hold is pacemaker.Hold.NOTIFIED else 1
     runner = daemon.Daemon(cfg, state_dir="/run/crashup", cluster=cluster)
     try:
         progress = runner.recovery().recover(req)

@@ -367,9 +367,10 @@ def set_node_attribute(node: str, name: str, value: str | None, timeout: float =
 
 
 def running_on(resource: str, timeout: float = 15.0) -> set[str]:
-    """The nodes where `resource` (a clone) has an active instance (crm_resource --locate)."""
-    root = _xml(_run(["crm_resource", "--locate", "--resource", resource, "--output-as=xml"], timeout),
-                "crm_resource --locate")
+    """The nodes where `resource` (a clone) has an active instance (crm_resource --locate); none when the resource is
+    not configured (exit 105: its XML then names no node)."""
+    root = _xml(_run(["crm_resource", "--locate", "--resource", resource, "--output-as=xml"], timeout,
+                     accept=lambda done: done.returncode in (0, _NO_MATCH)), "crm_resource --locate")
     return {el.text.strip() for el in root.iter("node") if el.text and el.text.strip()}
 
 

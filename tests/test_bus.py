@@ -617,7 +617,7 @@ def test_crashup_recover_closes_its_emitter_even_when_the_recovery_fails(tmp_pat
     from crashup_lib.recovery import daemon as recovery_daemon
     path = write_url(tmp_path / "url", f"rabbit://crashup:{QUOTED}@127.0.0.1:{silent_server}/crashup\n")
     cfg_path = conf(tmp_path, path, publish_timeout="0.3")
-    request = type("Req", (), {"open": True})()
+    request = type("Req", (), {"open": True, "hold": pacemaker.Hold.NONE, "fenced_at": 0.0})()
     monkeypatch.setattr(pacemaker, "Cluster", lambda: type("C", (), {"request": lambda self, node: request,
                                                                       "running_on": lambda self, rsc: set()})())
     emitters = []

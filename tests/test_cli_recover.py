@@ -2,6 +2,7 @@
 (a second pipeline in the CLI would race its worker: test_rack's forced recoveries timed out that way), so the
 command lifts the hold and follows the request; with no daemon it runs the recovery in the foreground."""
 import argparse
+import subprocess
 import time
 
 import pytest
@@ -101,3 +102,25 @@ def test_a_held_request_without_force_says_how_to_go_on_and_changes_nothing(clus
     assert "--force` to go on" in capsys.readouterr().err
     req = cluster.saved["compute1"]
     assert req.hold is pacemaker.Hold.STORM and not req.forced
+
+
+def test_force_on_a_request_whose_fencing_is_unconfirmed_keeps_it_pending(cluster):
+    """--force lifts a hold; it is never a way past the fencing proof (the pipeline checks a pending request's)."""
+    cluster.daemon_on = {"ctl1"}
+    now = time.time()
+    cluster.saved["compute1"] = pacemaker.RecoveryRequest(node="compute1", state="pending", mode="auto",
+                                                          fenced_at=now, updated_at=now, note="recorded by fencing")
+    assert recover(cluster) == 1                                  # followed until maintenance_timeout
+    req = cluster.saved["compute1"]
+    assert req.state == "pending" and req.forced
+
+
+def test_a_crashup_resource_that_is_not_configured_is_no_daemon(monkeypatch):
+    """crm_resource --locate exits 105 for a resource the CIB lacks: no daemon, the recovery runs in the CLI."""
+    seen = []
+    xml = '<pacemaker-result api-version="2.25" request="crm_resource"><status code="105" message="No such object"/>' \
+          '</pacemaker-result>'
+    done = subprocess.CompletedProcess([], 105, xml, "")
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: seen.append(argv) or done)
+    assert pacemaker.running_on("crashup") == set()
+    assert seen[0][:2] == ["crm_resource", "--locate"]

@@ -107,6 +107,16 @@ def test_notify_mode_repairs_hands_over_once_and_waits_for_release(cluster):
     assert cluster.request("compute1") == released and cluster.mirror["compute1"] == "released"
 
 
+def test_a_notified_recovery_the_operator_forces_is_evacuated_by_crashup(cluster):
+    nova = FakeNova([server("a"), server("b")])
+    rec = recovery(cluster, nova)
+    handed = rec.recover(request(mode="notify")).request
+    assert handed.hold is Hold.NOTIFIED and nova.evacuations == []
+    done = rec.recover(handed.moved_to(handed.state, "resumed by the operator", forced=True))   # crashup recover --force
+    assert not done.request.open and sorted(sid for sid, *_ in nova.evacuations) == ["a", "b"]
+    assert [e["type"] for e in rec.emitter.events].count("crashup.host.failed") == 2    # notified, then evacuating
+
+
 def test_storm_guard_stops_automatic_evacuation(cluster):
     for node in ("compute2", "compute3"):
         cluster.saved[node] = request(node, fenced_at=1990.0)

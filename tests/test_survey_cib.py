@@ -72,7 +72,6 @@ def test_several_requests_and_a_lagging_mirror_among_a_thousand_nodes(cib):
 
 
 @needs_cibadmin
-@needs_cibadmin
 @pytest.mark.parametrize("with_request", [False, True])
 def test_a_survey_is_one_cibadmin_run_with_or_without_requests(cib, monkeypatch, with_request):
     runs = []
@@ -84,6 +83,7 @@ def test_a_survey_is_one_cibadmin_run_with_or_without_requests(cib, monkeypatch,
     assert [argv[0] for argv in runs] == ["cibadmin"]
 
 
+@needs_cibadmin
 def test_a_cib_that_cannot_be_read_is_an_error_not_an_empty_survey(tmp_path, monkeypatch):
     # cibadmin exits 105 both for "no match" and for a CIB file it cannot open: only the first is "no request"
     monkeypatch.setenv("CIB_file", str(tmp_path / "missing.xml"))

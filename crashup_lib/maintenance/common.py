@@ -169,9 +169,9 @@ def warn(line: str) -> None:
 
 
 def follow_request(ctx: Context, node: str, since: float) -> pacemaker.RecoveryRequest:
-    """The node's recovery request (one fenced after `since`) followed until the daemon closes it or hands it to
-    the operator (notify mode), each new state and note printed as progress; TimedOut after maintenance_timeout
-    (the recovery goes on)."""
+    """The node's recovery request (one fenced after `since`) followed until the daemon closes it, hands it to the
+    operator (notify mode) or the storm guard holds it, each new state and note printed as progress; TimedOut after
+    maintenance_timeout (the recovery goes on)."""
     end = ctx.clock() + ctx.timeout
     seen = None
     while True:
@@ -185,6 +185,9 @@ def follow_request(ctx: Context, node: str, since: float) -> pacemaker.RecoveryR
             if req.hold is pacemaker.Hold.NOTIFIED:
                 ctx.out(f"{node}: handed to your tooling (notify mode): crashup release {node} when its servers "
                         "are back")
+                return req
+            if req.hold is pacemaker.Hold.STORM:    # nothing moves until the operator says so
+                ctx.out(f"{node}: held by the storm guard: crashup recover {node} --force to go on")
                 return req
         if ctx.clock() >= end:
             raise TimedOut(f"{node}: recovery not finished within {ctx.timeout:g}s; it goes on (crashup status)")

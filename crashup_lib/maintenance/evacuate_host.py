@@ -85,4 +85,4 @@ def _follow(ctx: Context, target, since: float) -> int:
     req = follow_request(ctx, target.node, since)
     if not req.open:
         ctx.host_event(target, "evacuate", "finished", 0, f"recovery {req.state}: {req.note}")
-    return 0
+    return 1 if req.open and req.hold is pacemaker.Hold.STORM else 0

@@ -81,7 +81,7 @@ class Recovery:
         repairs = self._repair(host, servers)
         if repairs:
             servers = self.nova.servers_on_host(host)
-        if req.mode == "notify":
+        if req.mode == "notify" and not req.forced:     # forced: the operator hands it back to crashup
             self._emit(events.HOST_FAILED, host, self._failed_payload(req, host, servers, repairs))
             req = self._save(req.moved_to("recovering", NOTIFIED, Hold.NOTIFIED))
             return Progress(req, True, f"{req.node}: {len(servers)} instances handed to the operator (notify mode)")
