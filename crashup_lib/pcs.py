@@ -28,7 +28,7 @@ CRASHUP = "crashup"                       # the recovery daemon's resource
 SWEEP = "crashup-sweep"                   # the CrashUp sweep's resource, when the inventory gives it a database
 GUESTS = "crashup-guests"                 # the guest monitor's clone on compute nodes, when guests.guest_monitor
 NOVA_FENCE = "crashup-nova"               # the shared fence_crashup_nova device
-ISOLATION = "crashup-isolation"           # the isolation guard's clone on compute nodes, when isolation.enabled
+ISOLATION = fallback.GUARD_RESOURCE       # the isolation guard's clone on compute nodes, when isolation.enabled
 FALLBACK_TIMEOUT_SLACK = 10               # Pacemaker's timeout of the fallback device beyond the agent's own deadline
 
 

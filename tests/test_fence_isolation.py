@@ -33,16 +33,18 @@ FAST_WAIT = 2.5
 def test_link_reads_the_node_list():
     nodes = [pacemaker.Node("ctl1", "member", True, False), pacemaker.Node("compute1", "remote", True, False),
              pacemaker.Node("compute2", "remote", False, True)]
-    assert isolation.link("compute1", nodes) is Link.CONNECTED
-    assert isolation.link("compute2", nodes) is Link.LOST
-    assert isolation.link("compute3", nodes) is Link.UNKNOWN_NODE
+    guarded = ["compute1", "compute2"]
+    assert isolation.link("compute1", nodes, guarded) is Link.CONNECTED
+    assert isolation.link("compute2", nodes, guarded) is Link.LOST
+    assert isolation.link("compute2", nodes, ["compute1"]) is Link.UNGUARDED     # nothing there took it out
+    assert isolation.link("compute3", nodes, guarded) is Link.UNKNOWN_NODE
 
 
 @given(st.sampled_from(list(Link)), st.floats(0, 1e4), st.floats(0, 1e4))
 def test_fenced_only_on_a_lost_reading_once_the_wait_is_over(reading, waited, wait):
     step = isolation.decide(reading, waited, wait)
     assert (step is Step.FENCED) == (reading is Link.LOST and waited >= wait)
-    assert (step is Step.REFUSE) == (reading in (Link.CONNECTED, Link.UNKNOWN_NODE))
+    assert (step is Step.REFUSE) == (reading in (Link.CONNECTED, Link.UNGUARDED, Link.UNKNOWN_NODE))
 
 
 def test_the_wait_is_the_guards_deadline_plus_the_margin():
@@ -125,15 +127,26 @@ def crm_mon_xml(nodes: dict[str, bool]) -> str:
             f'<status code="0" message="OK"/></pacemaker-result>')
 
 
+def locate_xml(nodes: list[str]) -> str:
+    """crm_resource --locate --output-as=xml of the guard's clone running on `nodes`."""
+    rows = "".join(f'<node state="started">{n}</node>' for n in nodes)
+    return (f'<pacemaker-result api-version="2.25" request="crm_resource"><nodes resource="{isolation.GUARD_RESOURCE}">'
+            f'{rows}</nodes><status code="0" message="OK"/></pacemaker-result>')
+
+
 @pytest.fixture
 def cluster(tmp_path):
-    """A crm_mon first on PATH printing state.xml (rewrite it to change what the cluster sees)."""
+    """A crm_mon first on PATH printing state.xml (rewrite it to change what the cluster sees), and a crm_resource
+    whose --locate prints guard.xml (where the isolation guard runs: both nodes)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     state = tmp_path / "state.xml"
     state.write_text(crm_mon_xml({"compute1": False, "compute2": True}))
-    (bin_dir / "crm_mon").write_text(f"#!/bin/sh\ncat {state}\n")
-    (bin_dir / "crm_mon").chmod(0o755)
+    guard = tmp_path / "guard.xml"
+    guard.write_text(locate_xml(["compute1", "compute2"]))
+    for tool, shown in (("crm_mon", state), ("crm_resource", guard)):
+        (bin_dir / tool).write_text(f"#!/bin/sh\ncat {shown}\n")
+        (bin_dir / tool).chmod(0o755)
     env = agent_env()
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     return state, env
@@ -159,6 +172,14 @@ def test_off_of_a_lost_node_waits_the_whole_time(cluster):
     result = fence(env, "off")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Success: compute1 lost for") and result.elapsed >= FAST_WAIT
+
+
+def test_a_lost_node_whose_guard_was_not_running_fails_at_once(cluster):
+    state, env = cluster
+    (state.parent / "guard.xml").write_text(locate_xml(["compute2"]))
+    result = fence(env, "off")
+    assert result.returncode == 1 and result.elapsed < FAST_WAIT
+    assert "no isolation guard (crashup-isolation) was running there" in result.stderr
 
 
 def test_reboot_of_a_connected_node_fails_at_once(cluster):

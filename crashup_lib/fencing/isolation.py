@@ -27,10 +27,15 @@ SLACK = 15.0
 TIMING = timing.FENCE
 
 
+#: the isolation guard's resource (a clone on every compute node; crashup pcs render creates it)
+GUARD_RESOURCE = "crashup-isolation"
+
+
 class Link(enum.Enum):
     """The node's connection as the cluster sees it."""
     CONNECTED = "connected"          # online: its guard sees a quorate cluster and does not act
-    LOST = "lost"                    # known to the cluster, not online
+    LOST = "lost"                    # known to the cluster, not online, its guard last seen running there
+    UNGUARDED = "unguarded"          # not online, and no guard runs there (stopped, failed, never started)
     UNKNOWN_NODE = "unknown node"    # not a node of this cluster: nothing guards it
     UNREADABLE = "unreadable"        # the cluster's tools did not answer: no reading
 
@@ -45,19 +50,22 @@ class Refused(Exception):
     """The node cannot be claimed fenced by this level; one line saying why."""
 
 
-def link(node: str, nodes: Iterable[pacemaker.Node]) -> Link:
-    """The node's Link from the cluster's node list (crm_mon): online is connected, whatever else it says."""
+def link(node: str, nodes: Iterable[pacemaker.Node], guarded: Iterable[str]) -> Link:
+    """The node's Link from the cluster's node list (crm_mon) and the nodes its guard runs on (an unclean node's
+    resources still count as running there until it is fenced): online is connected, whatever else it says."""
     for n in nodes:
         if n.name == node:
-            return Link.CONNECTED if n.online else Link.LOST
+            if n.online:
+                return Link.CONNECTED
+            return Link.LOST if node in set(guarded) else Link.UNGUARDED
     return Link.UNKNOWN_NODE
 
 
 def decide(reading: Link, waited: float, wait: float) -> Step:
-    """One reading taken `waited` seconds into a wait of `wait`: any reading that the node is connected or not a
-    node of this cluster refuses; only a reading that it is lost, taken once the wait is over, is fenced; no reading
-    waits on (the agent's own deadline ends that as a failure, never as a success)."""
-    if reading in (Link.CONNECTED, Link.UNKNOWN_NODE):
+    """One reading taken `waited` seconds into a wait of `wait`: any reading that the node is connected, has no
+    guard running or is not a node of this cluster refuses; only a reading that it is lost, taken once the wait is
+    over, is fenced; no reading waits on (the agent's own deadline ends that as a failure, never as a success)."""
+    if reading in (Link.CONNECTED, Link.UNGUARDED, Link.UNKNOWN_NODE):
         return Step.REFUSE
     if reading is Link.LOST and waited >= wait:
         return Step.FENCED
@@ -82,9 +90,9 @@ def device_params(settings: timing.Settings) -> dict[str, str]:
 
 
 def read_link(node: str, timeout: float = READ_TIMEOUT) -> Link:
-    """The node's Link as the cluster sees it now; UNREADABLE when crm_mon fails or hangs."""
+    """The node's Link as the cluster sees it now; UNREADABLE when crm_mon or crm_resource fails or hangs."""
     try:
-        return link(node, pacemaker.nodes(timeout))
+        return link(node, pacemaker.nodes(timeout), pacemaker.running_on(GUARD_RESOURCE, timeout))
     except pacemaker.PacemakerError:
         return Link.UNREADABLE
 
@@ -100,8 +108,9 @@ def fence(node: str, wait: float, *, read: Callable[[str], Link] = read_link, cl
         waited = clock() - start
         step = decide(reading, waited, wait)
         if step is Step.REFUSE:
-            why = ("the cluster sees it connected: its isolation guard does not act"
-                   if reading is Link.CONNECTED else "it is not a node of this cluster")
+            why = {Link.CONNECTED: "the cluster sees it connected: its isolation guard does not act",
+                   Link.UNGUARDED: f"no isolation guard ({GUARD_RESOURCE}) was running there: nothing takes it out",
+                   }.get(reading, "it is not a node of this cluster")
             raise Refused(f"{node} cannot be fenced by isolation: {why}")
         if step is Step.FENCED:
             return waited
