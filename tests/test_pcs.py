@@ -37,9 +37,9 @@ def test_two_computes_give_the_lab_shaped_command_list():
     cmds = pcs.commands(pcs.parse(TWO))
     assert cmds == [
         ["resource", "create", "compute1", "ocf:pacemaker:remote", "server=10.0.0.11", "reconnect_interval=60s",
-         "op", "monitor", "interval=20s", "timeout=30s", "op", "start", "timeout=60s", "--force"],
+         "op", "monitor", "interval=5s", "timeout=5s", "op", "start", "timeout=60s", "--force"],
         ["resource", "create", "compute2.example.com", "ocf:pacemaker:remote", "server=10.0.0.12",
-         "reconnect_interval=60s", "op", "monitor", "interval=20s", "timeout=30s", "op", "start", "timeout=60s",
+         "reconnect_interval=60s", "op", "monitor", "interval=5s", "timeout=5s", "op", "start", "timeout=60s",
          "--force"],
         ["stonith", "create", "ipmi-compute1", "fence_crashup_ipmi", "ip=10.1.0.11", "ipport=623", "username=admin",
          "password_file=/etc/crashup/bmc-1", "pcmk_host_list=compute1", "op", "monitor", "interval=60s"],

@@ -152,7 +152,8 @@ def test_resources_fencing_and_constraints_read_back(cib):
         remote = prims[name]
         assert (remote.get("class"), remote.get("provider"), remote.get("type")) == ("ocf", "pacemaker", "remote")
         assert params(remote) == {"server": f"10.200.0.1{i}", "reconnect_interval": "5s"}
-        assert ops(remote)["monitor"]["interval"] == "20s" and ops(remote)["start"]["timeout"] == "60s"
+        assert (ops(remote)["monitor"]["interval"], ops(remote)["monitor"]["timeout"]) == ("5s", "5s")   # shipped
+        assert ops(remote)["start"]["timeout"] == "60s"
         ipmi = prims[f"ipmi-{name}"]
         assert (ipmi.get("class"), ipmi.get("type")) == ("stonith", "fence_crashup_ipmi")
         p = params(ipmi)
