@@ -12,7 +12,7 @@ from crashup_lib.isolation.timing import Policy, Settings, SettingsError
 def test_defaults_and_the_deadline_is_the_sum_of_the_guards_steps():
     s = timing.parse({})
     assert s == Settings() and not s.enabled
-    assert timing.deadline(s) == 2 + 5 + 30 + 30
+    assert timing.deadline(s) == 2 + 5 + 60 + 30
     s = timing.parse({"enabled": "yes", "isolation_timeout": "10", "probe_interval": "1", "probe_timeout": "3",
                       "action_timeout": "10", "margin": "5", "policy": "Pause", "watchdog": "none"})
     assert (s.enabled, s.policy, s.watchdog, s.margin, timing.deadline(s)) == (True, Policy.PAUSE, "", 5, 24)
@@ -21,8 +21,8 @@ def test_defaults_and_the_deadline_is_the_sum_of_the_guards_steps():
 def test_an_armed_watchdog_counts_when_it_is_the_slower():
     s = timing.parse({"watchdog": "/dev/watchdog", "watchdog_timeout": "120"})
     assert timing.deadline(s) == 5 + 120                       # a hung guard: its last pet, then the timeout
-    s = timing.parse({"watchdog": "/dev/watchdog", "watchdog_timeout": "40"})
-    assert timing.deadline(s) == 67
+    s = timing.parse({"watchdog": "/dev/watchdog", "watchdog_timeout": "70"})
+    assert timing.deadline(s) == 97
 
 
 @pytest.mark.parametrize("values, says", [
@@ -34,8 +34,8 @@ def test_an_armed_watchdog_counts_when_it_is_the_slower():
     ({"watchdog": "dev/watchdog"}, "watchdog: 'dev/watchdog' is not a device path"),
     ({"watchdog": "/dev/../etc/passwd"}, "is not a device path"),
     ({"watchdog": "/dev/watchdog"}, "watchdog needs a watchdog_timeout"),
-    ({"watchdog": "/dev/watchdog", "watchdog_timeout": "37"}, "must exceed isolation_timeout + probe_interval + "
-                                                                "probe_timeout (37s)"),
+    ({"watchdog": "/dev/watchdog", "watchdog_timeout": "67"}, "must exceed isolation_timeout + probe_interval + "
+                                                                "probe_timeout (67s)"),
     ({"isolation_timeot": "5"}, "unknown setting 'isolation_timeot'"),
     ({"isolation_timeout": "11"}, "isolation_timeout 11s must be at least probe_interval + probe_timeout + the "
                                   "longer of the two (12s)"),

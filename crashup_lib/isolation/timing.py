@@ -26,7 +26,10 @@ class SettingsError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Settings:
     enabled: bool = False
-    isolation_timeout: float = 30.0       # the loss must last this long (the grace: a shorter blip never counts)
+    #: the loss must last this long (the grace: a shorter blip never counts). Above a controller's stall: in the lab
+    #: a compute node's cut hung the pacemaker-controld that held the connections for ~34 s (pacemakerd killed and
+    #: respawned it) and every other node of that controller had no quorate answer for 38.5 s (docs/isolation.md)
+    isolation_timeout: float = 60.0
     probe_interval: float = 2.0           # between the end of one probe and the start of the next
     probe_timeout: float = 5.0            # one probe (crm_node --quorum) at most
     action_timeout: float = 30.0          # stopping nova-compute and destroying the guests at most
