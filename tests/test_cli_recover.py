@@ -116,7 +116,8 @@ def test_force_on_a_request_whose_fencing_is_unconfirmed_keeps_it_pending(cluste
 
 
 def test_a_crashup_resource_that_is_not_configured_is_no_daemon(monkeypatch):
-    """crm_resource --locate exits 105 for a resource the CIB lacks: no daemon, the recovery runs in the CLI."""
+    """crm_resource --locate exits 105 for a resource the CIB lacks: running nowhere (so `crashup recover` runs the
+    recovery itself, as test_without_a_daemon_the_recovery_runs_here shows), not an error."""
     seen = []
     xml = '<pacemaker-result api-version="2.25" request="crm_resource"><status code="105" message="No such object"/>' \
           '</pacemaker-result>'

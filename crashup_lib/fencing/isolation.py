@@ -4,7 +4,8 @@ When a compute node's BMC cannot be reached, power fencing fails and nothing pro
 proved is time: a node that has lost the cluster runs an isolation guard that stops nova-compute and destroys (or
 pauses) its guests within `timing.deadline(settings)` of the loss. So this level claims the node fenced only once
 that long plus a margin has passed since it was called (it is called after the loss: that errs on the safe side),
-and only while the cluster does not see the node connected: a connected node's guard would not act.
+and only while the cluster does not see the node connected (a connected node's guard would not act) and lists the
+node's guard as running there (a node without one has nothing that stops its guests).
 
 The decision is pure (`decide`, over a typed `Link` reading and the time waited); `fence` runs it against the
 cluster through crashup_lib.pacemaker, with the clock and the reader given (tests give fakes).
